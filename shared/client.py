@@ -1,0 +1,276 @@
+"""The cutq client library: the one way the CLI and the TUI talk to a broker.
+
+Synchronous and single-threaded: one DEALER socket per Client, requests matched to
+replies by `req` id, pushed events buffered in between.  Use one Client per thread.
+Never imports textual.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from shared import protocol as p
+from shared.config import default_endpoint
+from shared.states import TERMINAL
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+class CutqError(Exception):
+    """An error the broker reported (or a client-side refusal); `code` is machine-readable."""
+
+    def __init__(self, message: str, code: str = "error") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BrokerUnavailable(CutqError):
+    """No reply from the broker within the timeout."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="unavailable")
+
+
+def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand files and directories (non-recursive, sorted) into image files to submit."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CutqError(f"no such file or directory: {path}", code="bad_request")
+    if not found:
+        raise CutqError("no image files to submit", code="bad_request")
+    return found
+
+
+class Client:
+    """A connection to one broker.  `timeout` bounds each request's wait for a reply."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        timeout: float = 15.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoint = endpoint or default_endpoint()
+        self.timeout = timeout
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._ids = itertools.count(1)
+        self._events: deque[dict] = deque()
+        self._sock: zmq.Socket | None = None
+        self._subscription: tuple[str | None, float] | None = None
+        self._connect()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _connect(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # don't queue requests for a broker that isn't there
+        sock.connect(self.endpoint)
+        self._sock = sock
+
+    def _reconnect(self) -> None:
+        # Lazy Pirate: after a timeout the socket may hold a stale reply; start clean.
+        if self._sock is not None:
+            self._sock.close(linger=0)
+        self._connect()
+
+    def close(self) -> None:
+        """Close the socket (and the context, if this client made it)."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._own_context:
+            self._ctx.term()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _receive(self, timeout: float) -> p.Message | None:
+        assert self._sock is not None
+        if not self._sock.poll(max(0, int(timeout * 1000))):
+            return None
+        frames = self._sock.recv_multipart(copy=True)
+        try:
+            return p.decode(frames)
+        except p.ProtocolError:
+            return None  # a garbled frame from the broker is dropped, not fatal
+
+    def _request(self, msg: p.Message, timeout: float | None = None) -> p.Reply:
+        timeout = self.timeout if timeout is None else timeout
+        assert self._sock is not None
+        msg.req = next(self._ids)  # type: ignore[attr-defined]
+        try:
+            self._sock.send_multipart(p.encode(msg), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass  # no connection yet; wait below, which times out the same way
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            reply = self._receive(left) if left > 0 else None
+            if reply is None:
+                self._reconnect()
+                raise BrokerUnavailable(f"no reply from broker at {self.endpoint} within {timeout:g}s")
+            if isinstance(reply, p.Events):
+                self._events.extend(reply.events)
+            elif isinstance(reply, p.Reply) and reply.req == msg.req:  # type: ignore[attr-defined]
+                if not reply.ok:
+                    raise CutqError(reply.error, code=reply.code or "error")
+                return reply
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(
+        self,
+        files: Sequence[tuple[str, bytes]],
+        *,
+        processor: str = "rembg",
+        options: dict[str, Any] | None = None,
+        priority: int = 0,
+        tenant: str = "default",
+    ) -> str:
+        """Submit (name, bytes) pairs as one job; returns the job id once it is durable."""
+        if not files:
+            raise CutqError("a job needs at least one image", code="bad_request")
+        msg = p.Submit(
+            req=0, names=[n for n, _ in files], processor=processor,
+            options=dict(options or {}), priority=priority, tenant=tenant,
+        )
+        msg.blobs = [data for _, data in files]
+        return self._request(msg, timeout=max(self.timeout, 60.0)).data["job_id"]
+
+    def submit_paths(self, paths: Iterable[str | os.PathLike], **kwargs: Any) -> str:
+        """Submit image files and directories as one job (see `submit` for options)."""
+        files = [(f.name, f.read_bytes()) for f in collect_images(paths)]
+        return self.submit(files, **kwargs)
+
+    def status(self, job_id: str, *, tasks: bool = True) -> dict[str, Any]:
+        """The job's state, per-state task counts and (with tasks=True) its task rows."""
+        return self._request(p.Status(req=0, job_id=job_id, tasks=tasks)).data
+
+    def list_jobs(
+        self, state: str | None = None, *, search: str | None = None, limit: int = 50, offset: int = 0
+    ) -> dict[str, Any]:
+        """A page of jobs, newest first: {"jobs": [...], "total": N}."""
+        return self._request(p.ListJobs(req=0, state=state, search=search, limit=limit, offset=offset)).data
+
+    def stats(self) -> dict[str, Any]:
+        """Task counts by state, queue depth, throughput and worker totals."""
+        return self._request(p.Stats(req=0)).data
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Connected (and recently dead) workers."""
+        return self._request(p.Workers(req=0)).data["workers"]
+
+    def cancel(self, job_id: str, task_ids: list[int] | None = None) -> dict[str, Any]:
+        """Cancel queued and running tasks of a job: {"cancelled": N}."""
+        return self._request(p.Cancel(req=0, job_id=job_id, task_ids=task_ids)).data
+
+    def retry(self, job_id: str, task_ids: list[int] | None = None) -> dict[str, Any]:
+        """Re-queue failed and cancelled tasks of a job: {"requeued": N}."""
+        return self._request(p.Retry(req=0, job_id=job_id, task_ids=task_ids)).data
+
+    def pause(self, paused: bool = True, tenant: str | None = None) -> dict[str, Any]:
+        """Pause or resume dispatch (globally, or for one tenant); persisted by the broker."""
+        return self._request(p.Pause(req=0, paused=paused, tenant=tenant)).data
+
+    def fetch_result(self, task_id: int, what: str = "result") -> tuple[dict[str, Any], bytes]:
+        """One task's result (or input) bytes with its metadata ({"name", "ext", ...})."""
+        reply = self._request(p.Fetch(req=0, task_id=task_id, what=what), timeout=max(self.timeout, 60.0))
+        return reply.data, reply.blobs[0]
+
+    def fetch(self, job_id: str, out_dir: str | os.PathLike) -> list[Path]:
+        """Write every done task's result of a job as out_dir/<input stem>.<ext>."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for task in self.status(job_id)["tasks"]:
+            if task["state"] != "done":
+                continue
+            meta, data = self.fetch_result(task["task_id"])
+            target = out / result_filename(task["name"], meta["ext"])
+            target.write_bytes(data)
+            written.append(target)
+        return written
+
+    # ------------------------------------------------------------------ events
+
+    def subscribe(self, job_id: str | None = None, ttl: float = 10.0) -> None:
+        """Start (or renew) a pushed event stream for one job or, with None, everything."""
+        self._request(p.Subscribe(req=0, job_id=job_id, ttl=ttl))
+        self._subscription = (job_id, time.monotonic() + ttl / 2)
+
+    def unsubscribe(self) -> None:
+        self._subscription = None
+        self._request(p.Unsubscribe(req=0))
+
+    def next_events(self, timeout: float) -> list[dict]:
+        """Events pushed since the last call, waiting up to `timeout` for the first one.
+
+        Renews the subscription lease when it is half spent; raises BrokerUnavailable
+        if a renewal goes unanswered.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._events:
+            self._renew()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            msg = self._receive(min(left, 0.5))
+            if isinstance(msg, p.Events):
+                self._events.extend(msg.events)
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def _renew(self) -> None:
+        if self._subscription and time.monotonic() >= self._subscription[1]:
+            self.subscribe(self._subscription[0])
+
+    def events(self, job_id: str | None = None, timeout: float | None = None) -> Iterator[dict]:
+        """Subscribe and yield events until `timeout` seconds pass (forever with None)."""
+        self.subscribe(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            left = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            yield from self.next_events(min(1.0, left))
+
+    def wait(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job has no queued or running task; return its final status.
+
+        Driven by pushed events; a status check every few seconds guards against a
+        missed event (e.g. across a broker restart).
+        """
+        self.subscribe(job_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        status = self.status(job_id, tasks=False)
+        while status["state"] not in TERMINAL:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise CutqError(f"job {job_id} still {status['state']} after {timeout:g}s", code="timeout")
+            events = self.next_events(2.0)
+            if not events or any(e.get("job_id") == job_id and e.get("kind") == "job" for e in events):
+                status = self.status(job_id, tasks=False)
+        return self.status(job_id)
+
+
+def result_filename(input_name: str, ext: str) -> str:
+    """`photo.jpg` + `png` -> `photo.png`: results are named after their input's stem."""
+    return f"{Path(input_name).stem}.{ext}"

@@ -1,0 +1,79 @@
+"""Settings for the broker, workers and clients: frozen dataclasses, env-var defaults.
+
+Nothing here reads the environment at import time; call the `from_env` helpers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_MODEL = "u2netp"
+OUTPUT_FORMATS = ("png", "webp")
+MODELS_ON_DISK_SUFFIX = ".onnx"
+
+
+def default_endpoint(env: Mapping[str, str] | None = None) -> str:
+    """The broker endpoint: $CUTQ_CONNECT or tcp://127.0.0.1:5555."""
+    env = os.environ if env is None else env
+    return env.get("CUTQ_CONNECT") or DEFAULT_ENDPOINT
+
+
+def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$CUTQ_DATA, else $XDG_DATA_HOME/cutq, else ~/.local/share/cutq."""
+    env = os.environ if env is None else env
+    if env.get("CUTQ_DATA"):
+        return Path(env["CUTQ_DATA"])
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cutq"
+
+
+def model_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where rembg looks for weights: $U2NET_HOME, else ~/.u2net (rembg's own rule)."""
+    env = os.environ if env is None else env
+    return Path(env.get("U2NET_HOME") or (Path.home() / ".u2net"))
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Everything the broker needs to run; tests build one directly."""
+
+    bind: str = DEFAULT_ENDPOINT
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    max_message_bytes: int = 256 * 1024 * 1024
+    max_queued_tasks: int = 1_000_000
+    max_tasks_per_submit: int = 10_000
+    max_attempts: int = 3  # transient failures (worker errors) before a task is failed
+    max_worker_deaths: int = 3  # a task that took this many workers down is quarantined
+    retry_backoff: float = 1.0  # first retry delay in seconds, doubled per attempt, jittered
+    retry_backoff_max: float = 60.0
+    synchronous: str = "FULL"
+    busy_timeout_ms: int = 5000
+    dispatch_batch: int = 64  # most tasks sent to one worker in one DISPATCH frame
+    sndhwm: int = 100_000
+    rcvhwm: int = 100_000
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker needs to run."""
+
+    connect: str = DEFAULT_ENDPOINT
+    concurrency: int = 1
+    name: str = ""
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    reconnect_initial: float = 0.25
+    reconnect_max: float = 8.0
+    threads_per_slot: int = 0  # 0: cores // concurrency, at least 1
+    preload_models: tuple[str, ...] = (DEFAULT_MODEL,)
+    drain_timeout: float = 30.0
+    max_image_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 64_000_000
+    recycle_after_tasks: int = 0  # 0: never; recycle an inference process after N tasks
+    recycle_rss_mb: int = 0  # 0: never; recycle when a slot's RSS exceeds this

@@ -1,0 +1,336 @@
+"""The cutq wire protocol: message dataclasses, msgpack encode/decode, validation.
+
+Every message is a list of ZeroMQ frames (after the ROUTER envelope):
+
+    [VERSION, TYPE, BODY, *BLOBS]
+
+VERSION is b"CUTQ1", TYPE the message's ASCII name, BODY a msgpack map of the
+dataclass fields (except `blobs`), and BLOBS raw image bytes, kept out of msgpack
+so that a 20 MB photo is never copied into a map. See docs/PROTOCOL.md.
+No sockets and no SQL here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+VERSION = b"CUTQ1"
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a BODY is metadata only; images travel as BLOBS
+MAX_LIST_ITEMS = 100_000
+MAX_STR = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """A frame list that is not a valid cutq message (bad version, type, body or field)."""
+
+
+@dataclass
+class Message:
+    """Base of all messages; subclasses set TYPE and declare typed fields."""
+
+    TYPE: ClassVar[bytes] = b""
+    blobs: list[bytes] = field(default_factory=list, repr=False, kw_only=True)
+
+
+# ---------------------------------------------------------------- client -> broker
+# Every client request carries `req`, echoed in the Reply so a client can match
+# replies to requests on one DEALER socket that also receives pushed events.
+
+
+@dataclass
+class Submit(Message):
+    """A job: one blob per file in `names`, all sharing processor and options."""
+
+    TYPE: ClassVar[bytes] = b"SUBMIT"
+    req: int
+    names: list[str]
+    processor: str = "rembg"
+    options: dict = field(default_factory=dict)
+    priority: int = 0
+    tenant: str = "default"
+
+
+@dataclass
+class Status(Message):
+    TYPE: ClassVar[bytes] = b"STATUS"
+    req: int
+    job_id: str
+    tasks: bool = True
+
+
+@dataclass
+class ListJobs(Message):
+    TYPE: ClassVar[bytes] = b"LIST"
+    req: int
+    state: str | None = None
+    search: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@dataclass
+class Stats(Message):
+    TYPE: ClassVar[bytes] = b"STATS"
+    req: int
+
+
+@dataclass
+class Workers(Message):
+    TYPE: ClassVar[bytes] = b"WORKERS"
+    req: int
+
+
+@dataclass
+class Cancel(Message):
+    """Cancel a job's queued and running tasks (or only `task_ids`, when given)."""
+
+    TYPE: ClassVar[bytes] = b"CANCEL"
+    req: int
+    job_id: str
+    task_ids: list[int] | None = None
+
+
+@dataclass
+class Retry(Message):
+    """Re-queue a job's failed and cancelled tasks (or only `task_ids`)."""
+
+    TYPE: ClassVar[bytes] = b"RETRY"
+    req: int
+    job_id: str
+    task_ids: list[int] | None = None
+
+
+@dataclass
+class Fetch(Message):
+    """Ask for one task's result (`what="result"`) or its input (`what="input"`)."""
+
+    TYPE: ClassVar[bytes] = b"FETCH"
+    req: int
+    task_id: int
+    what: str = "result"
+
+
+@dataclass
+class Subscribe(Message):
+    """Lease a live event stream for `ttl` seconds (renew before it lapses)."""
+
+    TYPE: ClassVar[bytes] = b"SUBSCRIBE"
+    req: int
+    job_id: str | None = None
+    ttl: float = 10.0
+
+
+@dataclass
+class Unsubscribe(Message):
+    TYPE: ClassVar[bytes] = b"UNSUBSCRIBE"
+    req: int
+
+
+@dataclass
+class Pause(Message):
+    """Pause (paused=True) or resume dispatch, globally when tenant is None."""
+
+    TYPE: ClassVar[bytes] = b"PAUSE"
+    req: int
+    paused: bool
+    tenant: str | None = None
+
+
+# ---------------------------------------------------------------- broker -> client
+
+
+@dataclass
+class Reply(Message):
+    """The answer to request `req`: ok with `data` (and blobs), or an error."""
+
+    TYPE: ClassVar[bytes] = b"REPLY"
+    req: int
+    ok: bool
+    data: dict = field(default_factory=dict)
+    error: str = ""
+    code: str = ""  # machine-readable: not_found, queue_full, bad_request, storage, ...
+
+
+@dataclass
+class Events(Message):
+    """Pushed state changes: each event is {"kind", "job_id", "task_id", "state", ...}."""
+
+    TYPE: ClassVar[bytes] = b"EVENTS"
+    events: list[dict]
+
+
+# ---------------------------------------------------------------- worker <-> broker
+
+
+@dataclass
+class Ready(Message):
+    """A worker announces itself; sent on connect and again after a broker restart."""
+
+    TYPE: ClassVar[bytes] = b"READY"
+    name: str
+    host: str
+    pid: int
+    slots: int
+    models: list[str] = field(default_factory=list)
+    providers: list[str] = field(default_factory=list)
+    processors: list[str] = field(default_factory=list)
+    running: list[list[int]] = field(default_factory=list)  # [task_id, attempt] still held
+
+
+@dataclass
+class Heartbeat(Message):
+    TYPE: ClassVar[bytes] = b"HEARTBEAT"
+
+
+@dataclass
+class Dispatch(Message):
+    """Broker -> worker: tasks to run, blob i is the input of tasks[i]."""
+
+    TYPE: ClassVar[bytes] = b"DISPATCH"
+    tasks: list[dict]  # {"task_id", "attempt", "name", "processor", "options"}
+
+
+@dataclass
+class Progress(Message):
+    TYPE: ClassVar[bytes] = b"PROGRESS"
+    task_id: int
+    attempt: int
+    stage: str
+    fraction: float = 0.0
+
+
+@dataclass
+class Results(Message):
+    """Worker -> broker: finished tasks; ok results carry their bytes in blobs, in order.
+
+    Each result is {"task_id", "attempt", "ok", "ext", "error", "error_kind"};
+    error_kind is "input" (deterministic, never retried) or "transient".
+    """
+
+    TYPE: ClassVar[bytes] = b"RESULTS"
+    results: list[dict]
+
+
+@dataclass
+class CancelTasks(Message):
+    TYPE: ClassVar[bytes] = b"CANCEL_TASKS"
+    task_ids: list[int]
+
+
+@dataclass
+class Disconnect(Message):
+    """Broker -> worker: you are not registered (broker restarted, or declared you dead)."""
+
+    TYPE: ClassVar[bytes] = b"DISCONNECT"
+    reason: str = ""
+
+
+@dataclass
+class Goodbye(Message):
+    """Worker -> broker: leaving; tasks in `returned` go back to the queue unspent."""
+
+    TYPE: ClassVar[bytes] = b"GOODBYE"
+    returned: list[list[int]] = field(default_factory=list)
+
+
+MESSAGE_TYPES: dict[bytes, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe,
+        Unsubscribe, Pause, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
+        Results, CancelTasks, Disconnect, Goodbye,
+    )
+}
+CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
+    {Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause}
+)
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for `msg`: version, type, msgpack body, then its blobs."""
+    body = {f.name: getattr(msg, f.name) for f in _fields(type(msg))}
+    return [VERSION, msg.TYPE, msgpack.packb(body, use_bin_type=True), *msg.blobs]
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Parse and validate frames into a Message; raise ProtocolError on anything off."""
+    if len(frames) < 3:
+        raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
+    version, kind, body = bytes(frames[0]), bytes(frames[1]), frames[2]
+    if version != VERSION:
+        raise ProtocolError(f"unsupported protocol version {version[:16]!r} (want {VERSION!r})")
+    cls = MESSAGE_TYPES.get(kind)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind[:32]!r}")
+    if len(body) > MAX_BODY_BYTES:
+        raise ProtocolError(f"message body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
+    try:
+        data = msgpack.unpackb(
+            bytes(body), raw=False, strict_map_key=True,
+            max_str_len=MAX_STR, max_bin_len=MAX_BODY_BYTES,
+            max_array_len=MAX_LIST_ITEMS, max_map_len=MAX_LIST_ITEMS,
+        )
+    except Exception as e:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"body is not valid msgpack: {e.__class__.__name__}") from e
+    if not isinstance(data, dict):
+        raise ProtocolError("body must be a map")
+    kwargs: dict[str, Any] = {}
+    hints = _hints(cls)
+    for f in _fields(cls):
+        if f.name in data:
+            value = data[f.name]
+            if not _conforms(value, hints[f.name]):
+                raise ProtocolError(f"{cls.__name__}.{f.name}: wrong type {type(value).__name__}")
+            kwargs[f.name] = value
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ProtocolError(f"{cls.__name__}: missing field {f.name!r}")
+    msg = cls(**kwargs)
+    msg.blobs = [bytes(b) for b in frames[3:]]
+    return msg
+
+
+# ---------------------------------------------------------------- validation helpers
+
+_FIELDS_CACHE: dict[type, tuple[dataclasses.Field, ...]] = {}
+_HINTS_CACHE: dict[type, dict[str, Any]] = {}
+
+
+def _fields(cls: type[Message]) -> tuple[dataclasses.Field, ...]:
+    if cls not in _FIELDS_CACHE:
+        _FIELDS_CACHE[cls] = tuple(f for f in dataclasses.fields(cls) if f.name != "blobs")
+    return _FIELDS_CACHE[cls]
+
+
+def _hints(cls: type[Message]) -> dict[str, Any]:
+    if cls not in _HINTS_CACHE:
+        _HINTS_CACHE[cls] = typing.get_type_hints(cls)
+    return _HINTS_CACHE[cls]
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Shallow type check of a decoded value against a field annotation."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is list:
+        return isinstance(value, list)
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
