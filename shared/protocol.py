@@ -185,7 +185,10 @@ class Ready(Message):
 
 @dataclass
 class Heartbeat(Message):
+    """Liveness, both ways; a worker sets `draining` once it takes no new tasks."""
+
     TYPE: ClassVar[bytes] = b"HEARTBEAT"
+    draining: bool = False
 
 
 @dataclass

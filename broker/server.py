@@ -1,0 +1,611 @@
+"""The broker: one ROUTER socket, one loop.
+
+Each turn: read every waiting message and handle it (writes go into one SQLite
+transaction), purge silent workers, dispatch to free slots, commit, and only then
+send replies, dispatches and events.  So nothing is acknowledged before it is
+durable, and a turn that fails to commit answers with errors instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import os
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import zmq
+
+from broker.registry import Registry, Subscription, WorkerRecord
+from broker.scheduler import Scheduler
+from broker.store import Claimed, Store, StoreError
+from shared import protocol as p
+from shared.config import BrokerConfig
+from shared.options import PROCESSORS, validate_options
+from shared.sdnotify import Notifier
+from shared.states import TASK_STATES
+
+log = logging.getLogger("cutq.broker")
+MAX_MESSAGES_PER_TURN = 2000
+
+
+@dataclass
+class _Turn:
+    """What one loop turn will send once its writes are committed."""
+
+    replies: list[tuple[bytes, p.Reply]] = field(default_factory=list)
+    frames: list[tuple[bytes, list[bytes]]] = field(default_factory=list)  # not state-bearing
+    dispatches: list[tuple[WorkerRecord, list[Claimed]]] = field(default_factory=list)
+    cancels: dict[bytes, list[int]] = field(default_factory=lambda: defaultdict(list))
+    results_seen: list[tuple[int, int, bytes]] = field(default_factory=list)
+    worker_events: list[dict] = field(default_factory=list)
+
+
+class Broker:
+    """The broker's state and handlers; `run()` is the loop."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        *,
+        context: zmq.Context | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.clock, self.wall = clock, wall
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(
+            config.data_dir / "cutq.db", synchronous=config.synchronous,
+            busy_timeout_ms=config.busy_timeout_ms, clock=wall,
+        )
+        self.registry = Registry()
+        self.scheduler = Scheduler()
+        self.notifier = notifier or Notifier.from_env({})
+        self._ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        self.sock = self._make_socket()
+        self._stop = False
+        self._turn = _Turn()
+        self._handlers: dict[type, Callable] = {
+            p.Submit: self._on_submit, p.Status: self._on_status, p.ListJobs: self._on_list,
+            p.Stats: self._on_stats, p.Workers: self._on_workers, p.Cancel: self._on_cancel,
+            p.Retry: self._on_retry, p.Fetch: self._on_fetch, p.Subscribe: self._on_subscribe,
+            p.Unsubscribe: self._on_unsubscribe, p.Pause: self._on_pause, p.Ready: self._on_ready,
+            p.Heartbeat: self._on_heartbeat, p.Results: self._on_results, p.Progress: self._on_progress,
+            p.Goodbye: self._on_goodbye,
+        }
+        self.malformed = 0
+        self._completions: deque[tuple[int, int, int]] = deque(maxlen=600)  # (second, tasks, images)
+        self._next_heartbeat = 0.0
+        self._next_stats = 0.0
+        recovered = self.store.recover()
+        self._load_queue()
+        self._load_pause()
+        if recovered:
+            log.info("re-queued %d tasks left running by the previous broker", recovered)
+
+    # ------------------------------------------------------------------ setup
+
+    def _make_socket(self) -> zmq.Socket:
+        s = self._ctx.socket(zmq.ROUTER)
+        s.setsockopt(zmq.LINGER, 1000)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a departed peer raises, never drops silently
+        s.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker keeps its identity
+        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        s.setsockopt(zmq.SNDHWM, self.config.sndhwm)
+        s.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+        s.bind(self.config.bind)
+        return s
+
+    @property
+    def endpoint(self) -> str:
+        return self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _load_queue(self) -> None:
+        self.scheduler = Scheduler(self.scheduler.weights)
+        now = self.wall()
+        for t in self.store.queued_tasks():
+            self.scheduler.push(t.task_id, t.tenant, t.priority, t.not_before, now)
+
+    def _load_pause(self) -> None:
+        flags = self.store.meta_items("paused:")
+        self.scheduler.paused_all = flags.get("paused:*") == "1"
+        self.scheduler.paused = {k.split(":", 1)[1] for k, v in flags.items() if v == "1" and k != "paused:*"}
+
+    # ------------------------------------------------------------------ loop
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish its turn and exit (safe from a signal handler)."""
+        self._stop = True
+
+    def run(self) -> None:
+        """Serve until stop(): the broker's one loop."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        self.notifier.ready()
+        log.info("broker serving on %s, data in %s", self.endpoint, self.config.data_dir)
+        try:
+            while not self._stop:
+                poller.poll(self._poll_timeout_ms())
+                self.turn()
+        finally:
+            self.notifier.stopping()
+            self.close()
+
+    def _poll_timeout_ms(self) -> int:
+        now = self.clock()
+        wake = min(self._next_heartbeat, self._next_stats)
+        delayed = self.scheduler.next_wakeup()
+        if delayed is not None:
+            wake = min(wake, now + max(0.0, delayed - self.wall()))
+        return max(0, min(int((wake - now) * 1000) + 1, 500))
+
+    def turn(self) -> None:
+        """One pass: drain messages, timers, dispatch, commit, send."""
+        for _ in range(MAX_MESSAGES_PER_TURN):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            self._handle(frames)
+        now = self.clock()
+        self._purge_dead(now)
+        self.scheduler.release_due(self.wall())
+        self._dispatch()
+        try:
+            changes = self.store.commit()
+        except StoreError as e:
+            log.error("%s", e)
+            self._abort_turn(str(e))
+            return
+        turn, self._turn = self._turn, _Turn()
+        self._send_turn(turn, changes)
+        self._timers(now)
+        self.notifier.watchdog(now)
+
+    def _handle(self, frames: list[bytes]) -> None:
+        if len(frames) < 2:
+            self._malformed(b"?", "no envelope")
+            return
+        ident, body = frames[0], frames[1:]
+        try:
+            msg = p.decode(body)
+        except p.ProtocolError as e:
+            self._malformed(ident, str(e))
+            self._turn.replies.append((ident, p.Reply(req=0, ok=False, error=f"bad message: {e}", code="bad_request")))
+            return
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            self._malformed(ident, f"{type(msg).__name__} is not sent to a broker")
+            return
+        try:
+            handler(ident, msg)
+        except Exception as e:  # a bug in one handler must not take the broker down
+            log.exception("handler for %s failed", type(msg).__name__)
+            if hasattr(msg, "req"):
+                self._reply_error(ident, msg, f"internal error: {e.__class__.__name__}: {e}", "internal")
+
+    def _malformed(self, ident: bytes, why: str) -> None:
+        self.malformed += 1
+        if self.malformed <= 20 or self.malformed % 1000 == 0:
+            log.warning("dropped malformed message #%d from %r: %s", self.malformed, ident[:16], why)
+
+    def _abort_turn(self, error: str) -> None:
+        """The commit failed: nothing of this turn happened; answer with errors, rebuild memory."""
+        turn, self._turn = self._turn, _Turn()
+        for ident, reply in turn.replies:
+            if reply.ok:
+                reply = p.Reply(req=reply.req, ok=False, error=f"storage error, nothing was saved: {error}",
+                                code="storage")
+            self._send(ident, p.encode(reply))
+        for worker, claims in turn.dispatches:
+            for c in claims:
+                worker.running.pop(c.task_id, None)
+        for task_id, attempt, ident in turn.results_seen:
+            # the result was rolled back: the worker no longer has it, so hand it back for free
+            self.store.hand_back(task_id, attempt, ident.decode(errors="replace"))
+        try:
+            self.store.commit()
+        except StoreError:
+            self.store.rollback()
+        self._load_queue()
+
+    def _send(self, ident: bytes, frames: list[bytes]) -> bool:
+        try:
+            self.sock.send_multipart([ident, *frames], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as e:  # EHOSTUNREACH (peer gone) or EAGAIN (peer's queue full)
+            w = self.registry.get_alive(ident)
+            if w is not None:
+                self._lose_worker(w, f"unreachable ({e.strerror})")
+            return False
+
+    def _send_turn(self, turn: _Turn, changes) -> None:
+        for ident, reply in turn.replies:
+            self._send(ident, p.encode(reply))
+        for ident, frames in turn.frames:
+            self._send(ident, frames)
+        for worker, claims in turn.dispatches:
+            msg = p.Dispatch(tasks=[
+                {"task_id": c.task_id, "attempt": c.attempt, "name": c.name, "processor": c.processor,
+                 "options": c.options, "job_id": c.job_id}
+                for c in claims
+            ])
+            msg.blobs = [c.data for c in claims]
+            self._send(worker.ident, p.encode(msg))
+        for ident, task_ids in turn.cancels.items():
+            self._send(ident, p.encode(p.CancelTasks(task_ids=task_ids)))
+        self._publish(changes, turn.worker_events)
+
+    # ------------------------------------------------------------------ timers
+
+    def _timers(self, now: float) -> None:
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            hb = p.encode(p.Heartbeat())
+            for w in self.registry.alive():
+                self._send(w.ident, hb)
+            self.registry.forget_old(now)
+            self.registry.drop_expired_subscribers(now)
+        if now >= self._next_stats:
+            self._next_stats = now + 1.0
+            globals_ = [i for i, s in self.registry.subscribers.items() if s.job_id is None]
+            if globals_:
+                frames = p.encode(p.Events(events=[{"kind": "stats", "t": self.wall(), **self._stats()}]))
+                for ident in globals_:
+                    self._send(ident, frames)
+
+    def _purge_dead(self, now: float) -> None:
+        timeout = self.config.heartbeat_interval * self.config.heartbeat_liveness
+        for w in self.registry.expired(now, timeout):
+            self._lose_worker(w, f"no heartbeat for {now - w.last_seen:.1f}s")
+
+    def _lose_worker(self, w: WorkerRecord, reason: str, state: str = "dead") -> None:
+        """Declare a worker gone: its tasks go back to the queue (or quarantine)."""
+        if w.running or state == "dead":
+            log.warning("worker %s (%s pid %d) %s: %s; re-queueing %d tasks",
+                        w.name, w.host, w.pid, state, reason, len(w.running))
+        w.state = state
+        for task_id, attempt in w.running.items():
+            state = self.store.requeue_lost(task_id, attempt, w.ident.decode(errors="replace"),
+                                            f"worker {w.name} lost: {reason}", self.config.max_worker_deaths)
+            if state == "queued":
+                self._requeue_in_memory(task_id)
+        w.running.clear()
+        self._turn.worker_events.append({"kind": "worker", "worker": w.name, "state": state, "reason": reason})
+
+    def _requeue_in_memory(self, task_id: int, not_before: float = 0.0) -> None:
+        job_id = self.store.task_job(task_id)
+        job = self.store.job(job_id) if job_id else None
+        if job is not None:
+            self.scheduler.push(task_id, job["tenant"], job["priority"], not_before, self.wall())
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self) -> None:
+        if not self.scheduler.ready():
+            return
+        workers = sorted((w for w in self.registry.alive() if w.free > 0), key=lambda w: -w.free)
+        while workers and self.scheduler.ready():
+            progressed = False
+            for w in workers:
+                want = min(w.free, self.config.dispatch_batch)
+                if want <= 0:
+                    continue
+                ids = self.scheduler.pop(want)
+                if not ids:
+                    break
+                claims = self.store.claim(ids, w.ident.decode(errors="replace"))
+                if claims:
+                    for c in claims:
+                        w.running[c.task_id] = c.attempt
+                    self._turn.dispatches.append((w, claims))
+                    progressed = True
+            workers = [w for w in workers if w.free > 0]
+            if not progressed:
+                break
+
+    # ------------------------------------------------------------------ client handlers
+
+    def _reply(self, ident: bytes, msg: p.Message, **data: object) -> None:
+        self._turn.replies.append((ident, p.Reply(req=msg.req, ok=True, data=data)))  # type: ignore[attr-defined]
+
+    def _reply_error(self, ident: bytes, msg: p.Message, error: str, code: str) -> None:
+        self._turn.replies.append((ident, p.Reply(req=msg.req, ok=False, error=error, code=code)))  # type: ignore[attr-defined]
+
+    def _on_submit(self, ident: bytes, msg: p.Submit) -> None:
+        n = len(msg.names)
+        if n == 0 or n != len(msg.blobs):
+            return self._reply_error(ident, msg, f"a job needs one image per name (got {n} names, {len(msg.blobs)} images)", "bad_request")
+        if n > self.config.max_tasks_per_submit:
+            return self._reply_error(ident, msg, f"too many images in one submission: {n} > {self.config.max_tasks_per_submit}", "bad_request")
+        if msg.processor not in PROCESSORS:
+            return self._reply_error(ident, msg, f"unknown processor {msg.processor!r} (one of: {', '.join(PROCESSORS)})", "bad_request")
+        try:
+            options = validate_options(msg.processor, msg.options)
+        except ValueError as e:
+            return self._reply_error(ident, msg, str(e), "bad_request")
+        depth = self.store.depth
+        if depth + n > self.config.max_queued_tasks:
+            retry_after = self._eta(depth + n - self.config.max_queued_tasks) or 5.0
+            return self._reply_error(
+                ident, msg,
+                f"queue full: {depth} tasks queued, limit {self.config.max_queued_tasks}; retry after ~{retry_after:.0f}s",
+                "queue_full",
+            )
+        job_id, tasks = self.store.add_job(
+            names=msg.names, blobs=msg.blobs, processor=msg.processor, options=options,
+            tenant=msg.tenant, priority=msg.priority,
+        )
+        for t in tasks:
+            self.scheduler.push(t.task_id, t.tenant, t.priority)
+        self._reply(ident, msg, job_id=job_id, tasks=[t.task_id for t in tasks])
+
+    def _job_or_error(self, ident: bytes, msg: p.Message, job_id: str) -> dict | None:
+        job = self.store.job(job_id)
+        if job is None:
+            self._reply_error(ident, msg, f"job {job_id} not found", "not_found")
+        return job
+
+    def _on_status(self, ident: bytes, msg: p.Status) -> None:
+        job = self._job_or_error(ident, msg, msg.job_id)
+        if job is None:
+            return
+        if msg.tasks:
+            job["tasks"] = self.store.job_tasks(msg.job_id)
+            for t in job["tasks"]:
+                if t["state"] in ("failed",) or t["worker_deaths"]:
+                    t["history"] = self.store.task_attempts(t["task_id"])
+        self._reply(ident, msg, **job)
+
+    def _on_list(self, ident: bytes, msg: p.ListJobs) -> None:
+        if msg.state is not None and msg.state not in TASK_STATES:
+            return self._reply_error(ident, msg, f"unknown state {msg.state!r} (one of: {', '.join(TASK_STATES)})", "bad_request")
+        jobs, total = self.store.list_jobs(msg.state, msg.search, max(1, min(msg.limit, 1000)), max(0, msg.offset))
+        self._reply(ident, msg, jobs=jobs, total=total)
+
+    def _stats(self) -> dict:
+        counts = self.store.counts()
+        now_s = int(self.clock())
+        per_second = {s: (t, i) for s, t, i in self._completions}
+        history = [per_second.get(s, (0, 0))[0] for s in range(now_s - 120, now_s)]
+        recent = [per_second.get(s, (0, 0)) for s in range(now_s - 10, now_s)]
+        tps = sum(t for t, _ in recent) / 10.0
+        ips = sum(i for _, i in recent) / 10.0
+        alive = self.registry.alive()
+        return {
+            **counts, "queue_depth": counts["queued"], "tasks_per_s": tps, "images_per_s": ips,
+            "history": history, "workers_total": len(alive),
+            "workers_busy": sum(1 for w in alive if w.running),
+            "slots_total": sum(w.slots for w in alive), "slots_used": sum(len(w.running) for w in alive),
+            "paused": self.scheduler.paused_all, "paused_tenants": sorted(self.scheduler.paused),
+            "eta_s": (counts["queued"] / tps) if tps > 0 else None,
+            "by_tenant": self.store.counts_by_tenant(),
+        }
+
+    def _eta(self, n: int) -> float | None:
+        recent = [t for s, t, _ in self._completions if s >= int(self.clock()) - 10]
+        tps = sum(recent) / 10.0
+        return n / tps if tps > 0 else None
+
+    def _on_stats(self, ident: bytes, msg: p.Stats) -> None:
+        self._reply(ident, msg, **self._stats())
+
+    def _on_workers(self, ident: bytes, msg: p.Workers) -> None:
+        now, wall = self.clock(), self.wall()
+        self._reply(ident, msg, workers=[w.public(now, wall) for w in self.registry.workers.values()])
+
+    def _on_cancel(self, ident: bytes, msg: p.Cancel) -> None:
+        if self._job_or_error(ident, msg, msg.job_id) is None:
+            return
+        cancelled = self.store.cancel(msg.job_id, msg.task_ids)
+        for task_id, _attempt, worker, old in cancelled:
+            if old != "running" or worker is None:
+                continue
+            w = self.registry.get_alive(worker.encode())
+            if w is not None and w.running.pop(task_id, None) is not None:
+                self._turn.cancels[w.ident].append(task_id)
+        self._reply(ident, msg, cancelled=len(cancelled))
+
+    def _on_retry(self, ident: bytes, msg: p.Retry) -> None:
+        if self._job_or_error(ident, msg, msg.job_id) is None:
+            return
+        requeued = self.store.retry(msg.job_id, msg.task_ids)
+        for t in requeued:
+            self.scheduler.push(t.task_id, t.tenant, t.priority)
+        self._reply(ident, msg, requeued=len(requeued))
+
+    def _on_fetch(self, ident: bytes, msg: p.Fetch) -> None:
+        if msg.what not in ("result", "input"):
+            return self._reply_error(ident, msg, f"can fetch 'result' or 'input', not {msg.what!r}", "bad_request")
+        found = self.store.blob(msg.task_id, msg.what)
+        if found is None:
+            return self._reply_error(ident, msg, f"task {msg.task_id} has no {msg.what}", "not_found")
+        meta, data = found
+        reply = p.Reply(req=msg.req, ok=True, data=meta)
+        reply.blobs = [data]
+        self._turn.replies.append((ident, reply))
+
+    def _on_subscribe(self, ident: bytes, msg: p.Subscribe) -> None:
+        ttl = max(1.0, min(msg.ttl, 300.0))
+        self.registry.subscribers[ident] = Subscription(msg.job_id, self.clock() + ttl)
+        self._reply(ident, msg, ttl=ttl)
+
+    def _on_unsubscribe(self, ident: bytes, msg: p.Unsubscribe) -> None:
+        self.registry.subscribers.pop(ident, None)
+        self._reply(ident, msg)
+
+    def _on_pause(self, ident: bytes, msg: p.Pause) -> None:
+        key = "paused:*" if msg.tenant is None else f"paused:{msg.tenant}"
+        self.store.set_meta(key, "1" if msg.paused else "0")
+        if msg.tenant is None:
+            self.scheduler.paused_all = msg.paused
+        elif msg.paused:
+            self.scheduler.paused.add(msg.tenant)
+        else:
+            self.scheduler.paused.discard(msg.tenant)
+        self._reply(ident, msg, paused=msg.paused, tenant=msg.tenant)
+
+    # ------------------------------------------------------------------ worker handlers
+
+    def _on_ready(self, ident: bytes, msg: p.Ready) -> None:
+        now = self.clock()
+        old = self.registry.workers.get(ident)
+        if old is not None and old.state == "alive":
+            # the same worker announcing again (it thought we were gone): keep what both agree on
+            self._lose_worker(old, "re-announced")
+        w = WorkerRecord(
+            ident=ident, name=msg.name or ident.decode(errors="replace"), host=msg.host, pid=msg.pid,
+            slots=max(0, msg.slots), models=msg.models, providers=msg.providers, processors=msg.processors,
+            joined=now, last_seen=now,
+        )
+        self.registry.workers[ident] = w
+        for task_id, attempt in (pair for pair in msg.running if len(pair) == 2):
+            if self.store.adopt(task_id, attempt, ident.decode(errors="replace")):
+                w.running[task_id] = attempt
+            else:
+                self._turn.cancels[ident].append(task_id)  # superseded: stop it, don't return it
+        log.info("worker %s joined from %s pid %d with %d slots", w.name, w.host, w.pid, w.slots)
+        self._turn.worker_events.append({"kind": "worker", "worker": w.name, "state": "joined"})
+
+    def _worker_or_disconnect(self, ident: bytes) -> WorkerRecord | None:
+        w = self.registry.get_alive(ident)
+        if w is None:
+            self._turn.frames.append((ident, p.encode(p.Disconnect(reason="unknown worker: announce again"))))
+            return None
+        w.last_seen = self.clock()
+        return w
+
+    def _on_heartbeat(self, ident: bytes, msg: p.Heartbeat) -> None:
+        w = self._worker_or_disconnect(ident)
+        if w is not None and msg.draining:
+            w.draining = True
+
+    def _on_progress(self, ident: bytes, msg: p.Progress) -> None:
+        w = self._worker_or_disconnect(ident)
+        if w is None or w.running.get(msg.task_id) != msg.attempt:
+            return
+        job_id = self.store.task_job(msg.task_id)
+        event = {"kind": "progress", "job_id": job_id, "task_id": msg.task_id, "stage": msg.stage,
+                 "fraction": msg.fraction, "worker": w.name, "t": self.wall()}
+        self._turn.worker_events.append(event)
+
+    def _on_results(self, ident: bytes, msg: p.Results) -> None:
+        w = self._worker_or_disconnect(ident)
+        if w is None:
+            return  # results of a worker we declared dead are discarded; its tasks were re-queued
+        blobs = iter(msg.blobs)
+        worker_id = ident.decode(errors="replace")
+        now_s = int(self.clock())
+        done = images = 0
+        for r in msg.results:
+            task_id, attempt, ok = r.get("task_id"), r.get("attempt"), bool(r.get("ok"))
+            data = next(blobs, None) if ok else None
+            if not isinstance(task_id, int) or not isinstance(attempt, int) or (ok and data is None):
+                self._malformed(ident, "result without task_id/attempt/data")
+                continue
+            if w.running.get(task_id) != attempt:
+                continue  # cancelled or superseded meanwhile: the late result is dropped
+            del w.running[task_id]
+            w.finished_at.append(self.clock())
+            self._turn.results_seen.append((task_id, attempt, ident))
+            if ok:
+                if self.store.complete(task_id, attempt, worker_id, data, str(r.get("ext") or "png")):
+                    w.done += 1
+                    done += 1
+                    images += r.get("processor") == "rembg"
+                continue
+            w.failed += 1
+            self._record_failure(task_id, attempt, worker_id, str(r.get("error") or "unknown error"),
+                                 str(r.get("error_kind") or "transient"))
+        if done:
+            if self._completions and self._completions[-1][0] == now_s:
+                _, t, i = self._completions.pop()
+                self._completions.append((now_s, t + done, i + images))
+            else:
+                self._completions.append((now_s, done, images))
+
+    def _record_failure(self, task_id: int, attempt: int, worker_id: str, error: str, kind: str) -> None:
+        retry_at = None
+        if kind != "input":
+            failures = self.store.task_failures(task_id)
+            if failures + 1 < self.config.max_attempts:
+                delay = min(self.config.retry_backoff * (2 ** failures), self.config.retry_backoff_max)
+                retry_at = self.wall() + delay * random.uniform(0.5, 1.5)
+                error = f"{error} (attempt {failures + 1} of {self.config.max_attempts}, retrying)"
+            else:
+                error = f"{error} (gave up after {failures + 1} attempts)"
+        state = self.store.fail(task_id, attempt, worker_id, error, retry_at=retry_at)
+        if state == "queued":
+            self._requeue_in_memory(task_id, retry_at or 0.0)
+
+    def _on_goodbye(self, ident: bytes, msg: p.Goodbye) -> None:
+        w = self.registry.get_alive(ident)
+        if w is None:
+            return
+        worker_id = ident.decode(errors="replace")
+        for pair in msg.returned:
+            if len(pair) == 2 and w.running.get(pair[0]) == pair[1]:
+                del w.running[pair[0]]
+                if self.store.hand_back(pair[0], pair[1], worker_id):
+                    self._requeue_in_memory(pair[0])
+        self._lose_worker(w, "left", state="left")  # anything it did not hand back is lost work
+
+    # ------------------------------------------------------------------ events
+
+    def _publish(self, changes, worker_events: list[dict]) -> None:
+        if not self.registry.subscribers:
+            return
+        now = self.wall()
+        by_job: dict[str, list[dict]] = defaultdict(list)
+        for c in changes:
+            by_job[c.job_id].append({"kind": "task", "job_id": c.job_id, "task_id": c.task_id, "state": c.state,
+                                     "worker": c.worker, "error": c.error, "attempt": c.attempt, "t": now})
+        for e in worker_events:
+            e.setdefault("t", now)
+            if e.get("job_id"):
+                by_job[e["job_id"]].append(e)
+        for job_id in list(by_job):
+            job = self.store.job(job_id)
+            if job is not None:
+                job.pop("options", None)
+                by_job[job_id].append({"kind": "job", "t": now, **job})
+        globals_ = [e for e in worker_events if not e.get("job_id")]
+        for ident, sub in list(self.registry.subscribers.items()):
+            if sub.job_id is None:
+                events = [e for evs in by_job.values() for e in evs] + globals_
+            else:
+                events = by_job.get(sub.job_id, [])
+            if events:
+                self._send(ident, p.encode(p.Events(events=events)))
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        """Commit, checkpoint and close the store; close the socket."""
+        try:
+            self.store.commit()
+        except StoreError as e:
+            log.error("final commit failed: %s", e)
+        self.store.close()
+        self.sock.close(linger=500)
+        if self._own_ctx:
+            self._ctx.term()
+
+
+def serve(config: BrokerConfig) -> int:
+    """Run a broker until SIGTERM/SIGINT; the `cutq broker` command."""
+    notifier = Notifier.from_env(os.environ)
+    broker = Broker(config, notifier=notifier)
+    signal.signal(signal.SIGTERM, broker.stop)
+    signal.signal(signal.SIGINT, broker.stop)
+    broker.run()
+    log.info("broker stopped cleanly")
+    return 0
+
+

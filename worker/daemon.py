@@ -1,0 +1,297 @@
+"""The worker daemon: a DEALER session with the broker, and slots that do the work.
+
+Paranoid Pirate style: heartbeats both ways, a liveness counter, reconnect with
+doubling backoff and jitter, re-announce (with the tasks still held) after a
+broker restart.  rembg/sleep tasks run in slot processes (worker/slots.py); noop
+tasks are answered inline, since they do no work to keep off this thread.
+SIGTERM drains: no new tasks, finish or hand back within the drain timeout, exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from typing import Callable
+
+import zmq
+
+from shared import protocol as p
+from shared.config import WorkerConfig
+from shared.sdnotify import Notifier
+from worker.slots import Slot, SlotSettings, cpu_count
+
+log = logging.getLogger("cutq.worker")
+INLINE_PROCESSORS = frozenset({"noop"})
+
+
+def _sniff_ext(data: bytes) -> str:
+    from worker.processors import sniff_ext
+
+    return sniff_ext(data)
+
+
+class WorkerDaemon:
+    """One worker process: `run()` until stopped or drained."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        context: zmq.Context | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.notifier = notifier or Notifier.from_env({})
+        self.name = config.name or f"{socket.gethostname()}-{os.getpid()}"
+        # a stable identity across reconnects, so a restarted broker can adopt our tasks
+        self.ident = f"w-{self.name}-{uuid.uuid4().hex[:8]}".encode()
+        self._ctx = context or zmq.Context()
+        self._own_ctx = context is None
+        threads = config.threads_per_slot or max(1, cpu_count() // max(1, config.concurrency))
+        self.settings = SlotSettings(
+            threads=threads, max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels,
+            preload_models=tuple(config.preload_models),
+        )
+        self.slots = [Slot(i, self.settings) for i in range(config.concurrency)]
+        self.waiting: deque[tuple[dict, bytes]] = deque()  # dispatched but no slot free yet
+        self.outbox: list[tuple[dict, bytes | None]] = []
+        self.sock: zmq.Socket | None = None
+        self.draining = False
+        self._drain_deadline = 0.0
+        self._stop = False
+        self.liveness = config.heartbeat_liveness
+        self._backoff = config.reconnect_initial
+        self._next_heartbeat = 0.0
+        self._last_heard = 0.0
+        self.models: list[str] = list(config.preload_models)
+
+    # ------------------------------------------------------------------ session
+
+    def _connect(self) -> None:
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.ROUTING_ID, self.ident)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(self.config.connect)
+        self.sock = s
+        self._last_heard = self.clock()
+        self._announce()
+
+    def _announce(self) -> None:
+        held = [[t["task_id"], t["attempt"]] for t in self._held()]
+        self._send(p.Ready(
+            name=self.name, host=socket.gethostname(), pid=os.getpid(),
+            slots=0 if self.draining else self.config.concurrency, models=self.models,
+            providers=_providers(), processors=["rembg", "noop", "sleep"], running=held,
+        ))
+
+    def _held(self) -> list[dict]:
+        return [s.task for s in self.slots if s.task is not None] + [t for t, _ in self.waiting]
+
+    def _send(self, msg: p.Message) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.send_multipart(p.encode(msg), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("broker not reachable; dropped %s", type(msg).__name__)
+
+    def _reconnect(self) -> None:
+        """The broker went silent: new socket after a jittered, doubling pause."""
+        delay = self._backoff * random.uniform(0.5, 1.5)
+        log.warning("broker silent for %d heartbeats; reconnecting in %.2fs", self.config.heartbeat_liveness, delay)
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        time.sleep(delay)
+        self._backoff = min(self._backoff * 2, self.config.reconnect_max)
+        self._connect()
+
+    # ------------------------------------------------------------------ loop
+
+    def stop(self, *_: object) -> None:
+        """First call: drain (warm shutdown).  Second call: stop now (cold)."""
+        if self.draining:
+            self._stop = True
+        self.draining = True
+        self._drain_deadline = self.clock() + self.config.drain_timeout
+
+    def run(self) -> int:
+        """Serve until drained or stopped; returns the exit code."""
+        for slot in self.slots:
+            slot.start()
+        self._connect()
+        self.notifier.ready()
+        log.info("worker %s connected to %s with %d slots", self.name, self.config.connect, len(self.slots))
+        try:
+            while not self._stop:
+                self._turn()
+                if self.draining and (not self._held() or self.clock() >= self._drain_deadline):
+                    break
+            self._leave()
+        finally:
+            self.notifier.stopping()
+            for slot in self.slots:
+                slot.kill()
+            if self.sock is not None:
+                self.sock.close(linger=1000)
+            if self._own_ctx:
+                self._ctx.term()
+        return 0
+
+    def _turn(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        for slot in self.slots:
+            if slot.conn is not None:
+                poller.register(slot.fileno(), zmq.POLLIN)
+        timeout = max(0.0, self._next_heartbeat - self.clock())
+        events = dict(poller.poll(int(timeout * 1000) + 1))
+        if self.sock in events:
+            self._read_broker()
+        for slot in self.slots:
+            if slot.conn is not None and slot.fileno() in events:
+                self._read_slot(slot)
+        self._start_waiting()
+        self._flush_results()
+        now = self.clock()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            self._send(p.Heartbeat(draining=self.draining))
+            self.notifier.watchdog(now)
+            if now - self._last_heard > self.config.heartbeat_interval * self.config.heartbeat_liveness:
+                self._reconnect()
+
+    def _read_broker(self) -> None:
+        assert self.sock is not None
+        while True:
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = self.clock()
+            self._backoff = self.config.reconnect_initial
+            try:
+                msg = p.decode(frames)
+            except p.ProtocolError as e:
+                log.warning("dropped malformed message from broker: %s", e)
+                continue
+            if isinstance(msg, p.Dispatch):
+                self._on_dispatch(msg)
+            elif isinstance(msg, p.CancelTasks):
+                self._on_cancel(set(msg.task_ids))
+            elif isinstance(msg, p.Disconnect):
+                log.info("broker asked us to announce again: %s", msg.reason)
+                self._announce()
+            elif isinstance(msg, p.Reply) and not msg.ok:
+                log.warning("broker refused a message: %s", msg.error)
+
+    def _on_dispatch(self, msg: p.Dispatch) -> None:
+        if len(msg.blobs) != len(msg.tasks):
+            log.warning("dispatch with %d tasks but %d inputs dropped", len(msg.tasks), len(msg.blobs))
+            return
+        for task, data in zip(msg.tasks, msg.blobs):
+            if task.get("processor") in INLINE_PROCESSORS:
+                self.outbox.append(({"task_id": task["task_id"], "attempt": task["attempt"], "ok": True,
+                                     "ext": _sniff_ext(data), "processor": task["processor"]}, data))
+            else:
+                self.waiting.append((task, data))
+
+    def _on_cancel(self, task_ids: set[int]) -> None:
+        self.waiting = deque((t, d) for t, d in self.waiting if t["task_id"] not in task_ids)
+        for slot in self.slots:
+            if slot.task is not None and slot.task["task_id"] in task_ids:
+                log.info("cancelling task %d: restarting slot %d", slot.task["task_id"], slot.index)
+                slot.kill()
+                slot.start()
+
+    def _start_waiting(self) -> None:
+        for slot in self.slots:
+            if not self.waiting:
+                return
+            if slot.conn is not None and not slot.busy:
+                self._maybe_recycle(slot)
+                slot.submit(*self.waiting.popleft())
+
+    def _maybe_recycle(self, slot: Slot) -> None:
+        """Between tasks, replace a slot process that ran too long or grew too big."""
+        c = self.config
+        if (c.recycle_after_tasks and slot.tasks_run >= c.recycle_after_tasks) or (
+            c.recycle_rss_mb and slot.rss_mb() > c.recycle_rss_mb
+        ):
+            log.info("recycling slot %d after %d tasks (%.0f MiB)", slot.index, slot.tasks_run, slot.rss_mb())
+            slot.stop()
+            slot.start()
+
+    def _read_slot(self, slot: Slot) -> None:
+        assert slot.conn is not None
+        try:
+            while slot.conn.poll():
+                self._on_slot_message(slot, slot.conn.recv())
+        except (EOFError, OSError):
+            task = slot.task
+            reason = slot.exit_reason() if slot.process is not None else "inference process died"
+            slot.kill()
+            if task is not None:
+                self.outbox.append(({"task_id": task["task_id"], "attempt": task["attempt"], "ok": False,
+                                     "error": reason, "error_kind": "transient"}, None))
+            log.warning("slot %d: %s; restarting it", slot.index, reason)
+            slot.start()
+
+    def _on_slot_message(self, slot: Slot, item: tuple) -> None:
+        kind = item[0]
+        if kind == "ready":
+            slot.ready, slot.models = True, item[1]
+            self.models = sorted(set(self.models) | set(item[1]))
+        elif kind == "log":
+            log.warning("slot %d: %s", slot.index, item[1])
+        elif kind == "progress":
+            self._send(p.Progress(task_id=item[1], attempt=item[2], stage=item[3]))
+        elif kind in ("ok", "error"):
+            task, slot.task = slot.task, None
+            if task is None or task["task_id"] != item[1]:
+                return  # a reply from before a cancel-restart; nothing waits for it
+            if kind == "ok":
+                self.outbox.append(({"task_id": item[1], "attempt": item[2], "ok": True, "ext": item[4],
+                                     "processor": task["processor"]}, item[3]))
+            else:
+                self.outbox.append(({"task_id": item[1], "attempt": item[2], "ok": False,
+                                     "error_kind": item[3], "error": item[4]}, None))
+
+    def _flush_results(self) -> None:
+        if not self.outbox:
+            return
+        msg = p.Results(results=[r for r, _ in self.outbox])
+        msg.blobs = [data for r, data in self.outbox if data is not None]
+        self.outbox = []
+        self._send(msg)
+
+    def _leave(self) -> None:
+        """Hand back whatever is still held, then say goodbye."""
+        returned = [[t["task_id"], t["attempt"]] for t in self._held()]
+        self._flush_results()
+        self._send(p.Goodbye(returned=returned))
+        log.info("worker %s leaving; handed back %d tasks", self.name, len(returned))
+
+
+def _providers() -> list[str]:
+    try:
+        from worker.processors import available_providers
+
+        return available_providers()
+    except Exception:
+        return []
+
+
+def serve(config: WorkerConfig) -> int:
+    """Run a worker until SIGTERM (drain) / second SIGTERM or SIGINT (stop now)."""
+    notifier = Notifier.from_env(os.environ)
+    daemon = WorkerDaemon(config, notifier=notifier)
+    signal.signal(signal.SIGTERM, daemon.stop)
+    signal.signal(signal.SIGINT, daemon.stop)
+    return daemon.run()

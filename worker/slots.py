@@ -1,0 +1,153 @@
+"""Inference slots: one child process per slot, so a running task can be stopped.
+
+An ONNX run cannot be interrupted in-thread, so cancel = kill the slot's process and
+start a fresh one.  The daemon polls each slot's pipe beside its ZeroMQ socket;
+a slot never blocks the thread that talks to the broker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+_CTX = mp.get_context("spawn")  # never fork a process that holds ZeroMQ sockets
+
+
+@dataclass(frozen=True)
+class SlotSettings:
+    """What a slot process needs to build its processors."""
+
+    threads: int = 1
+    providers: tuple[str, ...] | None = None
+    max_bytes: int = 64 * 1024 * 1024
+    max_pixels: int = 64_000_000
+    preload_models: tuple[str, ...] = ()
+
+
+def _slot_main(conn: Connection, settings: SlotSettings) -> None:
+    """Child process: run tasks from the pipe until it closes; never raises out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when slots stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from worker.images import InputError
+    from worker.processors import make_processor
+
+    processors: dict[str, Any] = {}
+
+    def processor(name: str):
+        if name not in processors:
+            processors[name] = make_processor(
+                name, threads=settings.threads, providers=list(settings.providers) if settings.providers else None,
+                max_bytes=settings.max_bytes, max_pixels=settings.max_pixels,
+            )
+        return processors[name]
+
+    if settings.preload_models:
+        try:
+            processor("rembg").preload(settings.preload_models)
+        except Exception as e:  # a missing model only fails the tasks that need it
+            conn.send(("log", f"preloading {', '.join(settings.preload_models)} failed: {e}"))
+    conn.send(("ready", sorted(getattr(processors.get("rembg"), "loaded_models", []))))
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):
+            return
+        if item is None:
+            return
+        task, data = item
+        tid, attempt = task["task_id"], task["attempt"]
+        conn.send(("progress", tid, attempt, "running"))
+        try:
+            out, ext = processor(task["processor"]).process(data, task.get("options") or {})
+            conn.send(("ok", tid, attempt, out, ext))
+        except InputError as e:
+            conn.send(("error", tid, attempt, "input", str(e)))
+        except MemoryError:
+            conn.send(("error", tid, attempt, "transient", "out of memory"))
+        except Exception as e:  # anything else may work elsewhere: retried by the broker
+            conn.send(("error", tid, attempt, "transient", f"{e.__class__.__name__}: {e}"))
+
+
+@dataclass
+class Slot:
+    """The parent's handle on one slot process."""
+
+    index: int
+    settings: SlotSettings
+    process: Any = None
+    conn: Connection | None = None
+    task: dict | None = None  # the task it runs now
+    tasks_run: int = 0
+    models: list[str] = field(default_factory=list)
+    ready: bool = False
+
+    def start(self) -> None:
+        parent, child = _CTX.Pipe(duplex=True)
+        self.process = _CTX.Process(target=_slot_main, args=(child, self.settings), daemon=True,
+                                    name=f"cutq-slot-{self.index}")
+        self.process.start()
+        child.close()
+        self.conn, self.task, self.tasks_run, self.ready = parent, None, 0, False
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
+
+    def fileno(self) -> int:
+        assert self.conn is not None
+        return self.conn.fileno()
+
+    def submit(self, task: dict, data: bytes) -> None:
+        assert self.conn is not None and self.task is None
+        self.task = task
+        self.tasks_run += 1
+        self.conn.send((task, data))
+
+    def kill(self) -> None:
+        """Stop the process now (cancel or shutdown); the slot must be started again to reuse."""
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+        if self.process is not None:
+            self.process.join(timeout=5)
+        if self.conn is not None:
+            self.conn.close()
+        self.conn, self.task = None, None
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the process to exit after its current task; kill it if it lingers."""
+        if self.conn is not None:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        if self.process is not None:
+            self.process.join(timeout=timeout)
+        self.kill()
+
+    def rss_mb(self) -> float:
+        """Resident memory of the slot process in MiB (0 if unknown)."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, AttributeError, ValueError):
+            pass
+        return 0.0
+
+    def exit_reason(self) -> str:
+        code = self.process.exitcode if self.process is not None else None
+        if code is not None and code < 0:
+            return f"inference process died (signal {signal.Signals(-code).name})"
+        return f"inference process exited (code {code})"
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
