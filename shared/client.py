@@ -118,11 +118,12 @@ class Client:
         timeout = self.timeout if timeout is None else timeout
         assert self._sock is not None
         msg.req = next(self._ids)  # type: ignore[attr-defined]
-        try:
-            self._sock.send_multipart(p.encode(msg), flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            pass  # no connection yet; wait below, which times out the same way
         deadline = time.monotonic() + timeout
+        # IMMEDIATE: the socket takes a message only once connected; wait for that, bounded
+        if not self._sock.poll(int(timeout * 1000), zmq.POLLOUT):
+            self._reconnect()
+            raise BrokerUnavailable(f"cannot connect to broker at {self.endpoint} within {timeout:g}s")
+        self._sock.send_multipart(p.encode(msg), copy=False)
         while True:
             left = deadline - time.monotonic()
             reply = self._receive(left) if left > 0 else None

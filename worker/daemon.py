@@ -30,10 +30,14 @@ log = logging.getLogger("cutq.worker")
 INLINE_PROCESSORS = frozenset({"noop"})
 
 
-def _sniff_ext(data: bytes) -> str:
-    from worker.processors import sniff_ext
+_MAGIC = ((b"\x89PNG", "png"), (b"\xff\xd8\xff", "jpg"), (b"GIF8", "gif"), (b"BM", "bmp"))
 
-    return sniff_ext(data)
+
+def _sniff_ext(data: bytes) -> str:
+    """The extension a noop result keeps: its input's format, from the magic bytes."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), "bin")
 
 
 class WorkerDaemon:
@@ -157,6 +161,8 @@ class WorkerDaemon:
         for slot in self.slots:
             if slot.conn is not None and slot.fileno() in events:
                 self._read_slot(slot)
+            elif slot.conn is None and self.clock() >= slot.restart_at:
+                slot.start()
         self._start_waiting()
         self._flush_results()
         now = self.clock()
@@ -240,13 +246,17 @@ class WorkerDaemon:
             if task is not None:
                 self.outbox.append(({"task_id": task["task_id"], "attempt": task["attempt"], "ok": False,
                                      "error": reason, "error_kind": "transient"}, None))
-            log.warning("slot %d: %s; restarting it", slot.index, reason)
-            slot.start()
+            # a slot that dies before it is even ready (broken install, no memory) must not
+            # spin: restart it after a doubling pause
+            slot.crashes = 0 if slot.ready else slot.crashes + 1
+            delay = min(0.5 * 2 ** slot.crashes, 30.0) if slot.crashes else 0.0
+            slot.restart_at = self.clock() + delay
+            log.warning("slot %d: %s; restarting it in %.1fs", slot.index, reason, delay)
 
     def _on_slot_message(self, slot: Slot, item: tuple) -> None:
         kind = item[0]
         if kind == "ready":
-            slot.ready, slot.models = True, item[1]
+            slot.ready, slot.models, slot.crashes = True, item[1], 0
             self.models = sorted(set(self.models) | set(item[1]))
         elif kind == "log":
             log.warning("slot %d: %s", slot.index, item[1])

@@ -84,6 +84,8 @@ class Slot:
     tasks_run: int = 0
     models: list[str] = field(default_factory=list)
     ready: bool = False
+    crashes: int = 0  # deaths before reaching ready, in a row
+    restart_at: float = 0.0
 
     def start(self) -> None:
         parent, child = _CTX.Pipe(duplex=True)
