@@ -28,6 +28,7 @@ class WorkerRecord:
     failed: int = 0
     state: str = "alive"  # alive | dead | left
     draining: bool = False  # finishing what it holds, takes nothing new
+    user: str = "anonymous"  # the authenticated key that registered it
     finished_at: deque = field(default_factory=lambda: deque(maxlen=256))
 
     @property
@@ -50,6 +51,7 @@ class WorkerRecord:
 class Subscription:
     job_id: str | None
     expires: float
+    tenant: str | None = None  # a client key only hears about its own tenant
 
 
 class Registry:

@@ -1,9 +1,10 @@
-"""The dispatch policy: which queued task goes next.  Pure: no sockets, no SQL.
+"""The dispatch policy: which queued task goes next.  Pure: no sockets, no SQL, clock passed in.
 
-Across tenants: weighted round robin (deficit style), so a tenant with 10 tasks
-behind another's 10,000 is served within one round.  Within a tenant: higher
-priority first, then submission order.  Tasks delayed by retry backoff wait in a
-timer heap until their `not_before`.  Entries are never removed eagerly: the store's
+Across tenants: deficit round robin by weight, so a tenant with 10 tasks behind
+another's 10,000 gets its share from the next round on.  Within a tenant: higher
+priority first, then submission order.  Per-tenant caps: running tasks, and a
+token bucket of tasks per second.  Tasks delayed by retry backoff wait in a timer
+heap until `not_before`.  Entries are never removed eagerly: the store's
 compare-and-set in `claim` skips anything no longer queued (cancelled, duplicated).
 """
 
@@ -12,28 +13,44 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """A tenant's share and limits; 0 means unlimited."""
+
+    weight: float = 1.0
+    max_running: int = 0
+    rate: float = 0.0  # tasks per second, token bucket with a burst of max(1, rate)
+    max_queued: int = 0
 
 
 @dataclass
 class _Tenant:
     heap: list[tuple[int, int, int]] = field(default_factory=list)  # (-priority, seq, task_id)
     deficit: float = 0.0
+    tokens: float = 0.0
+    refilled: float | None = None
 
 
 class Scheduler:
     """In-memory mirror of the queued tasks, rebuilt from the store at start-up."""
 
-    def __init__(self, weights: dict[str, float] | None = None) -> None:
+    def __init__(self, policies: Mapping[str, TenantPolicy] | None = None) -> None:
         self._tenants: OrderedDict[str, _Tenant] = OrderedDict()
         self._delayed: list[tuple[float, int, int, str, int]] = []  # (not_before, seq, task_id, tenant, prio)
         self._seq = itertools.count()
-        self.weights: dict[str, float] = dict(weights or {})
+        self.policies: dict[str, TenantPolicy] = dict(policies or {})
         self.paused_all = False
         self.paused: set[str] = set()
 
     def __len__(self) -> int:
         return sum(len(t.heap) for t in self._tenants.values()) + len(self._delayed)
+
+    def policy(self, tenant: str) -> TenantPolicy:
+        return self.policies.get(tenant) or TenantPolicy()
 
     def push(self, task_id: int, tenant: str, priority: int = 0, not_before: float = 0.0, now: float = 0.0) -> None:
         """Queue a task, or hold it until `not_before` (retry backoff)."""
@@ -64,31 +81,59 @@ class Scheduler:
             return False
         return any(t.heap and name not in self.paused for name, t in self._tenants.items())
 
-    def pop(self, n: int) -> list[int]:
-        """Up to n task ids, fairly across tenants by weight."""
-        out: list[int] = []
+    def _allowance(self, name: str, t: _Tenant, now: float, running: Mapping[str, int]) -> float:
+        """How many tasks the tenant's caps let it start now (inf when uncapped)."""
+        pol = self.policy(name)
+        allow = float("inf")
+        if pol.max_running:
+            allow = max(0, pol.max_running - running.get(name, 0))
+        if pol.rate:
+            burst = max(1.0, pol.rate)
+            if t.refilled is None:
+                t.tokens, t.refilled = burst, now
+            t.tokens = min(burst, t.tokens + (now - t.refilled) * pol.rate)
+            t.refilled = now
+            allow = min(allow, int(t.tokens))
+        return allow
+
+    def pop(self, n: int, now: float = 0.0, running: Mapping[str, int] | None = None) -> list[tuple[int, str]]:
+        """Up to n (task_id, tenant) pairs, fairly across tenants by weight, within their caps."""
+        out: list[tuple[int, str]] = []
         if self.paused_all:
             return out
+        running = running or {}
+        taken: dict[str, int] = {}
+        allowance = {name: self._allowance(name, t, now, running)
+                     for name, t in self._tenants.items() if t.heap and name not in self.paused}
         while len(out) < n:
-            active = [(name, t) for name, t in self._tenants.items() if t.heap and name not in self.paused]
+            active = [(name, self._tenants[name]) for name, a in allowance.items()
+                      if a > taken.get(name, 0) and self._tenants[name].heap]
             if not active:
                 break
-            if len(active) == 1 and not self.weights:
-                heap = active[0][1].heap  # one tenant: no fairness to keep, take a slice
-                while heap and len(out) < n:
-                    out.append(heapq.heappop(heap)[2])
+            if len(active) == 1:
+                name, t = active[0]  # one tenant: no one to be fair to, take a slice
+                while t.heap and len(out) < n and taken.get(name, 0) < allowance[name]:
+                    out.append((heapq.heappop(t.heap)[2], name))
+                    taken[name] = taken.get(name, 0) + 1
                 break
             for name, t in active:
-                t.deficit += self.weights.get(name, 1.0)
-                while t.deficit >= 1.0 and t.heap and len(out) < n:
-                    out.append(heapq.heappop(t.heap)[2])
+                t.deficit += self.policy(name).weight
+                while t.deficit >= 1.0 and t.heap and len(out) < n and taken.get(name, 0) < allowance[name]:
+                    out.append((heapq.heappop(t.heap)[2], name))
+                    taken[name] = taken.get(name, 0) + 1
                     t.deficit -= 1.0
-                if len(out) >= n:
-                    # resume after this tenant next time, so no tenant is always first
-                    self._tenants.move_to_end(name)
-                    break
                 if not t.heap:
                     t.deficit = 0.0
+                elif taken.get(name, 0) >= allowance[name]:
+                    t.deficit = min(t.deficit, self.policy(name).weight)  # capped, not owed a burst later
+                if len(out) >= n:
+                    # the next call starts after this tenant, so no tenant is always first
+                    self._tenants.move_to_end(name)
+                    break
+        for name, k in taken.items():
+            t = self._tenants[name]
+            if self.policy(name).rate:
+                t.tokens -= k
         for name in [k for k, t in self._tenants.items() if not t.heap]:
             del self._tenants[name]
         return out

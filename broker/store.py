@@ -43,6 +43,7 @@ _MIGRATIONS: dict[int, str] = {
         finished REAL
     );
     CREATE INDEX jobs_created ON jobs(created);
+    CREATE INDEX jobs_tenant ON jobs(tenant);
     CREATE TABLE tasks (
         id INTEGER PRIMARY KEY,
         job_id TEXT NOT NULL REFERENCES jobs(id),
@@ -502,11 +503,16 @@ class Store:
         keys = ("attempt", "worker", "started", "finished", "outcome", "error")
         return [dict(zip(keys, r)) for r in rows]
 
-    def list_jobs(self, state: str | None, search: str | None, limit: int, offset: int) -> tuple[list[dict], int]:
-        """A page of jobs, newest first, filtered by derived state and id/file-name search."""
+    def list_jobs(
+        self, state: str | None, search: str | None, limit: int, offset: int, tenant: str | None = None
+    ) -> tuple[list[dict], int]:
+        """A page of jobs, newest first, filtered by derived state, tenant and id/file-name search."""
         where, params = [], []
         if state:
             where.append(_STATE_SQL[state])
+        if tenant is not None:
+            where.append("tenant = ?")
+            params.append(tenant)
         if search:
             where.append("(id LIKE ? OR id IN (SELECT job_id FROM tasks WHERE name LIKE ?))")
             params += [search + "%", "%" + search + "%"]
@@ -518,6 +524,25 @@ class Store:
         ).fetchall()
         return [_job_dict(r) for r in rows], total
 
+    def tenant_queued(self, tenant: str) -> int:
+        row = self._db.execute("SELECT COALESCE(SUM(n_queued), 0) FROM jobs WHERE tenant = ?", (tenant,)).fetchone()
+        return row[0]
+
+    def queue_position(self, job_id: str) -> int:
+        """Queued tasks of the same tenant that dispatch before this job's first queued task."""
+        row = self._db.execute(
+            "SELECT j.tenant, j.priority, MIN(t.id) FROM jobs j JOIN tasks t ON t.job_id = j.id "
+            "WHERE j.id = ? AND t.state = 'queued'", (job_id,),
+        ).fetchone()
+        if row is None or row[2] is None:
+            return 0
+        tenant, priority, first = row
+        return self._db.execute(
+            "SELECT COUNT(*) FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.state = 'queued' "
+            "AND j.tenant = ? AND (j.priority > ? OR (j.priority = ? AND t.id < ?))",
+            (tenant, priority, priority, first),
+        ).fetchone()[0]
+
     def counts(self) -> dict[str, int]:
         """Task counts by state across all jobs."""
         row = self._db.execute(
@@ -526,10 +551,11 @@ class Store:
         ).fetchone()
         return {"jobs": row[0], **dict(zip(TASK_STATES, row[1:]))}
 
-    def counts_by_tenant(self) -> dict[str, dict[str, int]]:
+    def counts_by_tenant(self, active_only: bool = False) -> dict[str, dict[str, int]]:
+        """Task counts by state for each tenant (only those with queued work, if asked)."""
         rows = self._db.execute(
             "SELECT tenant, SUM(n_queued), SUM(n_running), SUM(n_done), SUM(n_failed), SUM(n_cancelled) "
-            "FROM jobs GROUP BY tenant"
+            "FROM jobs GROUP BY tenant" + (" HAVING SUM(n_queued) > 0" if active_only else "")
         )
         return {r[0]: dict(zip(TASK_STATES, r[1:])) for r in rows}
 
@@ -537,16 +563,16 @@ class Store:
         """A task's result or input bytes with its name and extension."""
         table = {"result": "results", "input": "inputs"}[what]
         row = self._db.execute(
-            f"SELECT t.name, t.job_id, t.result_ext, t.state, b.data FROM tasks t JOIN {table} b ON b.task_id = t.id "
-            f"WHERE t.id = ?",
+            f"SELECT t.name, t.job_id, t.result_ext, t.state, j.tenant, b.data FROM tasks t "
+            f"JOIN {table} b ON b.task_id = t.id JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
             (task_id,),
         ).fetchone()
         if row is None:
             return None
-        name, job_id, ext, state, data = row
+        name, job_id, ext, state, tenant, data = row
         if what == "input":
             ext = Path(name).suffix.lstrip(".") or "bin"
-        return {"task_id": task_id, "job_id": job_id, "name": name, "ext": ext, "state": state}, data
+        return {"task_id": task_id, "job_id": job_id, "name": name, "ext": ext, "state": state, "tenant": tenant}, data
 
     def task_failures(self, task_id: int) -> int:
         row = self._db.execute("SELECT failures FROM tasks WHERE id = ?", (task_id,)).fetchone()

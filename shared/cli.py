@@ -18,6 +18,7 @@ from typing import Any, Callable
 from shared.client import BrokerUnavailable, Client, CutqError, collect_images, result_filename
 from shared.config import DEFAULT_MODEL, BrokerConfig, WorkerConfig, default_data_dir, default_endpoint
 from shared.options import PROCESSORS
+from shared.security import Credentials, CredentialsError
 from shared.states import TASK_STATES, TERMINAL
 
 
@@ -50,7 +51,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         bind=args.bind, data_dir=Path(args.data), heartbeat_interval=args.heartbeat,
         heartbeat_liveness=args.liveness, max_queued_tasks=args.max_queued,
         max_tasks_per_submit=args.max_per_submit, max_attempts=args.max_attempts,
-        synchronous=args.synchronous,
+        synchronous=args.synchronous, insecure=args.insecure,
     )
     return serve(config)
 
@@ -64,6 +65,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         threads_per_slot=args.threads, preload_models=tuple(m for m in args.preload.split(",") if m),
         drain_timeout=args.drain_timeout, recycle_after_tasks=args.recycle_after,
         recycle_rss_mb=args.recycle_rss_mb, max_image_pixels=args.max_pixels, max_image_bytes=args.max_bytes,
+        key=args.key or "", server_key=args.server_key or "",
     )
     return serve(config)
 
@@ -248,6 +250,59 @@ def cmd_pause(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from broker.keys import KeyRing, broker_cert_paths, init_keys
+
+    data = Path(args.data)
+    if args.keys_command == "init":
+        public = init_keys(data)
+        print(f"created the broker's keys; give peers its public key: {public}")
+        return 0
+    if not broker_cert_paths(data)[1].exists():
+        raise CutqError(f"no broker keys in {data}: run `cutq keys init --data {data}` first", code="bad_request")
+    ring = KeyRing(data)
+    if args.keys_command == "add":
+        secret = ring.add(args.name, args.role, args.tenant)
+        if args.json:
+            _print_json({"name": args.name, "secret_certificate": str(secret),
+                         "server_certificate": str(broker_cert_paths(data)[0])})
+        else:
+            print(f"created {args.role} key {args.name}: hand over {secret} (secret, mode 0600) "
+                  f"and {broker_cert_paths(data)[0]} (the broker's public key)")
+    elif args.keys_command == "revoke":
+        ring.revoke(args.name)
+        print(f"revoked {args.name}")
+    else:
+        entries = ring.entries()
+        if args.json:
+            _print_json({"keys": entries})
+        else:
+            rows = [[e["name"], e["role"], e.get("tenant") or "-", "revoked" if e.get("revoked") else "active",
+                     e["public_key"][:12] + "..."] for e in entries]
+            print(_table(rows, ["NAME", "ROLE", "TENANT", "STATE", "PUBLIC KEY"]))
+    return 0
+
+
+def cmd_tenants(args: argparse.Namespace, client: Client) -> int:
+    if args.tenants_command == "set":
+        policy = {k: v for k, v in (("weight", args.weight), ("max_running", args.max_running),
+                                    ("rate", args.rate), ("max_queued", args.max_queued)) if v is not None}
+        r = client.set_tenant(args.tenant, **policy)
+        _print_json(r) if args.json else print(
+            f"tenant {args.tenant}: weight {r['weight']:g}, max running {r['max_running'] or '-'}, "
+            f"rate {r['rate'] or '-'}/s, max queued {r['max_queued'] or '-'}")
+        return 0
+    tenants = client.tenants()
+    if args.json:
+        _print_json({"tenants": tenants})
+        return 0
+    rows = [[t["tenant"], f"{t['weight']:g}", t["max_running"] or "-", t["rate"] or "-", t["max_queued"] or "-",
+             t["queued"], t["running"], t["done"], t["failed"], "yes" if t["paused"] else ""] for t in tenants]
+    print(_table(rows, ["TENANT", "WEIGHT", "MAX RUN", "RATE", "MAX QUEUED", "QUEUED", "RUNNING", "DONE",
+                        "FAILED", "PAUSED"]))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--connect", default=default_endpoint(), help="broker endpoint ($CUTQ_CONNECT)")
     common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker")
     common.add_argument("-v", "--verbose", action="store_true", help="log more")
+    common.add_argument("--key", help="this peer's secret CURVE certificate ($CUTQ_KEY)")
+    common.add_argument("--server-key", help="the broker's public CURVE certificate ($CUTQ_SERVER_KEY)")
     parser = argparse.ArgumentParser(prog="cutq", description="A distributed background-removal queue.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_parser = sub.add_parser
@@ -273,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--max-per-submit", type=int, default=BrokerConfig.max_tasks_per_submit)
     b.add_argument("--max-attempts", type=int, default=BrokerConfig.max_attempts)
     b.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
+    b.add_argument("--insecure", action="store_true",
+                   help="allow binding a non-loopback address without CURVE keys (plaintext, anyone may connect)")
     b.set_defaults(func=cmd_broker, daemon=True)
 
     w = sub.add_parser("worker", help="run a worker")
@@ -348,6 +407,31 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true")
         c.set_defaults(func=func)
 
+    k = sub.add_parser("keys", help="CURVE keys and roles (run on the broker's machine)")
+    k.add_argument("--data", default=str(default_data_dir()), help="the broker's data directory")
+    k.add_argument("--json", action="store_true")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    ksub.add_parser("init", help="create the broker's key pair (turns CURVE on)")
+    ka = ksub.add_parser("add", help="create and register a key for a peer")
+    ka.add_argument("name")
+    ka.add_argument("--role", required=True, choices=["client", "admin", "worker"])
+    ka.add_argument("--tenant", help="the tenant a client key acts for")
+    ksub.add_parser("list", help="registered keys")
+    kr = ksub.add_parser("revoke", help="revoke a key (takes effect on a running broker)")
+    kr.add_argument("name")
+    k.set_defaults(func=cmd_keys, daemon=True)
+
+    tn = sub.add_parser("tenants", help="tenants: shares, limits and counts")
+    tn.add_argument("--json", action="store_true")
+    tsub = tn.add_subparsers(dest="tenants_command", metavar="ACTION")
+    ts = tsub.add_parser("set", help="set a tenant's weight and limits (admin)")
+    ts.add_argument("tenant")
+    ts.add_argument("--weight", type=float, help="share of the workers relative to other tenants")
+    ts.add_argument("--max-running", type=int, help="most tasks running at once (0: no cap)")
+    ts.add_argument("--rate", type=float, help="most tasks started per second (0: no cap)")
+    ts.add_argument("--max-queued", type=int, help="most tasks queued; submits beyond are refused (0: no cap)")
+    tn.set_defaults(func=cmd_tenants)
+
     for name in ("pause", "resume"):
         c = sub.add_parser(name, help=f"{name} dispatch (persisted by the broker)")
         c.add_argument("--tenant")
@@ -367,12 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "daemon", False):
             return func(args)
-        with Client(args.connect, timeout=args.timeout) as client:
+        credentials = Credentials.from_env(os.environ, args.key, args.server_key)
+        with Client(args.connect, timeout=args.timeout, credentials=credentials) as client:
             return func(args, client)
     except BrokerUnavailable as e:
         print(f"cutq: {e} (is `cutq broker` running? set --connect or CUTQ_CONNECT)", file=sys.stderr)
         return 3
-    except CutqError as e:
+    except (CutqError, CredentialsError) as e:
         print(f"cutq: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -380,6 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the promise: one line, never a traceback (CUTQ_DEBUG=1 for one)
         if os.environ.get("CUTQ_DEBUG"):
             raise
+        from broker.keys import KeysError
+        from broker.server import BrokerSetupError
+
+        if isinstance(e, (KeysError, BrokerSetupError)):
+            print(f"cutq: {e}", file=sys.stderr)
+            return 2
         print(f"cutq: {e.__class__.__name__}: {e}", file=sys.stderr)
         return 1
 

@@ -19,6 +19,7 @@ import zmq
 
 from shared import protocol as p
 from shared.config import default_endpoint
+from shared.security import Credentials
 from shared.states import TERMINAL
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -64,8 +65,11 @@ class Client:
         *,
         timeout: float = 15.0,
         context: zmq.Context | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
+        """`credentials` default to $CUTQ_KEY/$CUTQ_SERVER_KEY when set (CURVE), else none."""
         self.endpoint = endpoint or default_endpoint()
+        self.credentials = credentials if credentials is not None else Credentials.from_env(os.environ)
         self.timeout = timeout
         self._own_context = context is None
         self._ctx = context or zmq.Context()
@@ -81,6 +85,8 @@ class Client:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # don't queue requests for a broker that isn't there
+        if self.credentials is not None:
+            self.credentials.apply(sock)
         sock.connect(self.endpoint)
         self._sock = sock
 
@@ -192,6 +198,14 @@ class Client:
     def pause(self, paused: bool = True, tenant: str | None = None) -> dict[str, Any]:
         """Pause or resume dispatch (globally, or for one tenant); persisted by the broker."""
         return self._request(p.Pause(req=0, paused=paused, tenant=tenant)).data
+
+    def tenants(self) -> list[dict[str, Any]]:
+        """Each tenant's policy (weight, caps), task counts and pause flag."""
+        return self._request(p.Tenants(req=0)).data["tenants"]
+
+    def set_tenant(self, tenant: str, **policy: float) -> dict[str, Any]:
+        """Set a tenant's weight, max_running, rate (tasks/s) or max_queued (admin only)."""
+        return self._request(p.TenantSet(req=0, tenant=tenant, policy=policy)).data
 
     def fetch_result(self, task_id: int, what: str = "result") -> tuple[dict[str, Any], bytes]:
         """One task's result (or input) bytes with its metadata ({"name", "ext", ...})."""

@@ -57,6 +57,7 @@ class BrokerConfig:
     dispatch_batch: int = 64  # most tasks sent to one worker in one DISPATCH frame
     sndhwm: int = 100_000
     rcvhwm: int = 100_000
+    insecure: bool = False  # allow a non-loopback bind without CURVE keys
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,5 @@ class WorkerConfig:
     max_image_pixels: int = 64_000_000
     recycle_after_tasks: int = 0  # 0: never; recycle an inference process after N tasks
     recycle_rss_mb: int = 0  # 0: never; recycle when a slot's RSS exceeds this
+    key: str = ""  # this worker's secret CURVE certificate (CUTQ_KEY)
+    server_key: str = ""  # the broker's public certificate (CUTQ_SERVER_KEY)

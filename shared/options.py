@@ -14,6 +14,13 @@ from typing import Any
 from shared.config import DEFAULT_MODEL, OUTPUT_FORMATS
 
 PROCESSORS: tuple[str, ...] = ("rembg", "noop", "sleep")
+# rembg's local models (2.0.86); anything else is looked up in rembg itself, which
+# costs a second of import on first use: never on the broker's hot path for these
+KNOWN_MODELS: tuple[str, ...] = (
+    "u2netp", "u2net", "u2net_human_seg", "u2net_cloth_seg", "silueta", "isnet-general-use", "isnet-anime",
+    "sam", "bria-rmbg", "birefnet-general", "birefnet-general-lite", "birefnet-general-fp16",
+    "birefnet-portrait", "birefnet-dis", "birefnet-hrsod", "birefnet-cod", "birefnet-massive",
+)
 
 _REMBG_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
@@ -80,7 +87,7 @@ def validate_options(processor: str, options: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(f"seconds must be a number from 0 to 3600, got {s!r}")
     if processor != "rembg":
         return out
-    if not isinstance(out["model"], str) or out["model"] not in rembg_models():
+    if not isinstance(out["model"], str) or (out["model"] not in KNOWN_MODELS and out["model"] not in rembg_models()):
         raise ValueError(f"unknown rembg model {out['model']!r} (known: {', '.join(rembg_models())})")
     for key in ("alpha_matting", "only_mask", "post_process_mask"):
         if not isinstance(out[key], bool):

@@ -142,6 +142,24 @@ class Pause(Message):
     tenant: str | None = None
 
 
+@dataclass
+class Tenants(Message):
+    """List tenants: their policies, task counts and pause flags."""
+
+    TYPE: ClassVar[bytes] = b"TENANTS"
+    req: int
+
+
+@dataclass
+class TenantSet(Message):
+    """Set a tenant's policy (admin): weight, max_running, rate, max_queued; persisted."""
+
+    TYPE: ClassVar[bytes] = b"TENANT_SET"
+    req: int
+    tenant: str
+    policy: dict
+
+
 # ---------------------------------------------------------------- broker -> client
 
 
@@ -246,13 +264,15 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe,
-        Unsubscribe, Pause, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
+        Unsubscribe, Pause, Tenants, TenantSet, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
         Results, CancelTasks, Disconnect, Goodbye,
     )
 }
 CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
-    {Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause}
+    {Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause, Tenants, TenantSet}
 )
+WORKER_MESSAGES: frozenset[type[Message]] = frozenset({Ready, Heartbeat, Progress, Results, Goodbye})
+ADMIN_REQUESTS: frozenset[type[Message]] = frozenset({Pause, TenantSet})
 
 
 def encode(msg: Message) -> list[bytes]:

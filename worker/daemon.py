@@ -24,6 +24,7 @@ import zmq
 from shared import protocol as p
 from shared.config import WorkerConfig
 from shared.sdnotify import Notifier
+from shared.security import Credentials
 from worker.slots import Slot, SlotSettings, cpu_count
 
 log = logging.getLogger("cutq.worker")
@@ -76,6 +77,7 @@ class WorkerDaemon:
         self._next_heartbeat = 0.0
         self._last_heard = 0.0
         self.models: list[str] = list(config.preload_models)
+        self.credentials = Credentials.from_env(os.environ, config.key or None, config.server_key or None)
 
     # ------------------------------------------------------------------ session
 
@@ -83,6 +85,8 @@ class WorkerDaemon:
         s = self._ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.ROUTING_ID, self.ident)
         s.setsockopt(zmq.LINGER, 0)
+        if self.credentials is not None:
+            self.credentials.apply(s)
         s.connect(self.config.connect)
         self.sock = s
         self._last_heard = self.clock()
