@@ -1,0 +1,5 @@
+"""The cutq terminal dashboard (Textual).  Entry point: `tui.app.run(endpoint)`.
+
+Talks to the broker only through `shared.client` (via `tui.feed`); never imports
+broker, worker or rembg.
+"""

@@ -1,0 +1,389 @@
+"""The dashboard's data side: one thread that owns a client, follows the broker's event
+stream and posts coalesced Messages to the app.
+
+    app  --query_jobs / watch_job / resync-->  Feed thread  --Client-->  broker
+    app  <--JobsPage / JobDetail / FeedBatch / Connected / Disconnected--
+
+Loads (jobs page, job detail, workers) run on the same socket as the event stream,
+so a snapshot and the events after it arrive in the broker's order; events carry
+full entity state, so applying them after the snapshot converges.
+
+Events are folded into one `FeedBatch` at most every `flush_interval`, and a new
+batch is posted only after the app has applied the previous one (`ack`), so a slow
+frame merges more events into the next batch instead of queueing redraws.
+
+When the broker stops answering the feed posts `Disconnected`, retries with a
+doubling backoff, and on success re-subscribes and reloads everything.
+
+Actions (submit, cancel, retry, pause, fetch) don't go through the thread: each
+call opens its own short-lived client, so a long upload never stalls the stream.
+Call them from worker threads, never from the UI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import zmq
+from textual.message import Message
+
+from shared.client import BrokerUnavailable, Client, CutqError
+from tui.messages import (
+    Connected,
+    Disconnected,
+    FeedBatch,
+    JobDetail,
+    JobMissing,
+    JobsPage,
+    StatsUpdated,
+    WorkersLoaded,
+)
+from tui.model import JobsQuery
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """Timings of the feed thread."""
+
+    request_timeout: float = 5.0  # a load that takes longer means the broker is gone
+    action_timeout: float = 15.0
+    flush_interval: float = 0.1  # at most ~10 batches a second reach the UI
+    silence_probe: float = 3.0  # no event (stats come every second) this long: probe the broker
+    backoff_initial: float = 0.5
+    backoff_max: float = 8.0
+    jobs_reload_min: float = 1.0  # spacing of page reloads triggered by new jobs
+    workers_resync: float = 5.0  # heartbeat ages and throughput are not in events; 0 turns it off
+    subscribe_ttl: float = 10.0
+
+
+class Source(Protocol):
+    """What the feed needs from a connection: the subset of `shared.client.Client` it calls."""
+
+    def stats(self) -> dict[str, Any]: ...
+    def workers(self) -> list[dict[str, Any]]: ...
+    def list_jobs(self, state: str | None = None, *, search: str | None = None, limit: int = 50,
+                  offset: int = 0) -> dict[str, Any]: ...
+    def status(self, job_id: str, *, tasks: bool = True) -> dict[str, Any]: ...
+    def subscribe(self, job_id: str | None = None, ttl: float = 10.0) -> None: ...
+    def next_events(self, timeout: float) -> list[dict]: ...
+    def close(self) -> None: ...
+
+
+class ReadyClient(Client):
+    """A Client that waits (briefly) for its connection before the first request.
+
+    shared.client.Client connects with IMMEDIATE=1 and sends with NOBLOCK, so the
+    first request on a fresh socket is dropped before the TCP handshake completes
+    and then times out.  Waiting for POLLOUT (writable = a peer is connected) avoids
+    that.  Remove once the client library does this itself.
+    """
+
+    def _connect(self) -> None:
+        super()._connect()
+        assert self._sock is not None
+        self._sock.poll(int(min(self.timeout, 2.0) * 1000), zmq.POLLOUT)
+
+
+class Coalescer:
+    """Folds broker events into the next batch: latest job event per job, latest task
+    event per task, worker events kept in order, the latest stats."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.stats: dict | None = None
+        self.jobs: dict[str, dict] = {}
+        self.events: dict[tuple, dict] = {}
+        self.received = 0
+        self.dropped = 0
+        self._n = 0
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.stats is not None or self.jobs or self.events)
+
+    def add(self, events: list[dict]) -> None:
+        for ev in events:
+            self.received += 1
+            kind = ev.get("kind")
+            if kind == "stats":
+                self.stats = ev
+            elif kind == "job" and ev.get("job_id"):
+                self.dropped += ev["job_id"] in self.jobs
+                self.jobs[ev["job_id"]] = ev
+            elif kind in ("task", "progress") and ev.get("task_id") is not None:
+                key = (kind, ev["task_id"])
+                self.dropped += self.events.pop(key, None) is not None
+                self.events[key] = ev  # re-inserted: keeps arrival order of last updates
+            elif kind == "worker":
+                self._n += 1
+                self.events[("worker", self._n)] = ev
+            else:
+                self.dropped += 1
+
+    def take(self) -> FeedBatch:
+        batch = FeedBatch(stats=self.stats, jobs=self.jobs, events=list(self.events.values()),
+                          received=self.received, dropped=self.dropped)
+        self.reset()
+        return batch
+
+
+class Feed:
+    """Live data for the dashboard from one source (a broker, or fixed data).
+
+    `connect` opens a new connection (a Client, or anything with the Source methods);
+    the thread owns one, and each action opens and closes its own.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[float], Source],
+        *,
+        label: str,
+        config: FeedConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._open = connect
+        self.label = label
+        self.config = config or FeedConfig()
+        self.clock = clock
+        self._post: Callable[[Message], object] = lambda m: None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._acked = threading.Event()
+        self._acked.set()
+        self._lock = threading.Lock()
+        self._want_query = JobsQuery()
+        self._want_watch: str | None = None
+        self._want_reload = False
+        self._loaded_query: JobsQuery | None = None
+        self._loaded_watch: str | None = None
+        self._page_ids: set[str] = set()
+        self._backoff = self.config.backoff_initial
+        self._outage_since: float | None = None
+        self._reload_floor = 0.0
+        self.connected = False
+
+    # ------------------------------------------------------------------ app side (UI thread)
+
+    def start(self, post: Callable[[Message], object]) -> None:
+        """Start the thread; `post` receives every Message (thread-safe, e.g. app.post_message)."""
+        self._post = post
+        self._thread = threading.Thread(target=self._run, name="cutq-feed", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def query_jobs(self, query: JobsQuery) -> None:
+        """Show this page of jobs (the feed loads it and posts JobsPage)."""
+        with self._lock:
+            self._want_query = query
+            self._loaded_query = None
+        self._wake.set()
+
+    def watch_job(self, job_id: str | None) -> None:
+        """Follow one job's tasks (posts JobDetail, then its task events in batches)."""
+        with self._lock:
+            self._want_watch = job_id
+            self._loaded_watch = None
+        self._wake.set()
+
+    def resync(self) -> None:
+        """Reload everything now (and reconnect at once if the broker is away)."""
+        with self._lock:
+            self._want_reload = True
+        self._wake.set()
+
+    def ack(self) -> None:
+        """The app has applied the last FeedBatch; the next one may be posted."""
+        self._acked.set()
+
+    # ------------------------------------------------------------------ actions (worker threads)
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run one client call on a fresh connection, e.g. call("cancel", job_id)."""
+        source = self._open(self.config.action_timeout)
+        try:
+            return getattr(source, method)(*args, **kwargs)
+        finally:
+            source.close()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        source: Source | None = None
+        while not self._stop.is_set():
+            try:
+                if source is None:
+                    source = self._open(self.config.request_timeout)
+                self._session(source)
+            except CutqError as e:
+                self._outage(str(e))
+            except Exception:  # a bug here must not freeze the dashboard silently
+                log.exception("feed thread error; starting over")
+                if source is not None:
+                    source.close()
+                    source = None
+                self._outage("internal error in the feed (see the log)")
+        if source is not None:
+            source.close()
+
+    def _outage(self, error: str) -> None:
+        self.connected = False
+        if self._outage_since is None:
+            self._outage_since = self.clock()
+        log.info("feed: %s; retrying in %.1fs", error, self._backoff)
+        self._post(Disconnected(self.label, error, self._backoff, self._outage_since))
+        self._sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, self.config.backoff_max)
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait out a backoff; a resync request or stop cuts it short."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self._wake.clear()
+            with self._lock:
+                if self._want_reload:
+                    return
+
+    def _session(self, source: Source) -> None:
+        cfg = self.config
+        source.subscribe(None, ttl=cfg.subscribe_ttl)
+        self._load_all(source)
+        self.connected = True
+        self._backoff, self._outage_since = cfg.backoff_initial, None
+        self._acked.set()
+        self._post(Connected(self.label))
+        coalescer = Coalescer()
+        now = time.monotonic()
+        last_event = last_flush = last_workers = now
+        next_jobs_reload: float | None = None
+        workers_due = False
+        while not self._stop.is_set():
+            self._serve(source)
+            wait = cfg.flush_interval - (time.monotonic() - last_flush) if coalescer.pending else cfg.flush_interval
+            events = source.next_events(max(0.0, wait))
+            now = time.monotonic()
+            if events:
+                last_event = now
+                coalescer.add(events)
+                reload_jobs, workers_changed = self._triggers(events)
+                if reload_jobs and next_jobs_reload is None:
+                    next_jobs_reload = max(now, self._reload_floor)
+                workers_due |= workers_changed
+            elif now - last_event > cfg.silence_probe:
+                # Stats arrive every second; silence means the broker is gone (stats()
+                # raises) or restarted and forgot our lease: re-subscribe and reload.
+                source.stats()
+                source.subscribe(None, ttl=cfg.subscribe_ttl)
+                self._load_all(source)
+                last_event = now
+                continue
+            if next_jobs_reload is not None and now >= next_jobs_reload:
+                self._load_jobs(source)
+                next_jobs_reload = None
+                self._reload_floor = now + cfg.jobs_reload_min
+            if workers_due or (cfg.workers_resync and now - last_workers >= cfg.workers_resync):
+                self._post(WorkersLoaded(source.workers()))
+                last_workers, workers_due = now, False
+            if coalescer.pending and now - last_flush >= cfg.flush_interval and self._acked.is_set():
+                batch = coalescer.take()
+                batch.jobs = {k: v for k, v in batch.jobs.items()
+                              if k in self._page_ids or k == self._loaded_watch}
+                self._acked.clear()
+                self._post(batch)
+                last_flush = now
+
+    def _triggers(self, events: list[dict]) -> tuple[bool, bool]:
+        """Whether these events call for a page reload (a new job belongs on it, or a job
+        left the filtered state) and a workers snapshot (a join or a death)."""
+        reload_jobs = workers = False
+        query = self._loaded_query or self._want_query
+        for ev in events:
+            kind = ev.get("kind")
+            if kind == "job":
+                jid = ev.get("job_id")
+                if jid in self._page_ids:
+                    if query.state and ev.get("state") != query.state:
+                        reload_jobs = True
+                elif query.matches_new_job(ev):
+                    reload_jobs = True
+            elif kind == "worker":
+                workers = True
+        return reload_jobs, workers
+
+    def _serve(self, source: Source) -> None:
+        """Answer what the app asked for since the last turn."""
+        self._wake.clear()
+        with self._lock:
+            reload_all, self._want_reload = self._want_reload, False
+            query_due = self._loaded_query != self._want_query
+            watch_due = self._loaded_watch != self._want_watch
+        if reload_all:
+            source.subscribe(None, ttl=self.config.subscribe_ttl)
+            self._load_all(source)
+            return
+        if query_due:
+            self._load_jobs(source)
+        if watch_due:
+            self._load_watch(source)
+
+    def _load_all(self, source: Source) -> None:
+        self._post(StatsUpdated(source.stats()))
+        self._post(WorkersLoaded(source.workers()))
+        self._load_jobs(source)
+        self._load_watch(source)
+
+    def _load_jobs(self, source: Source) -> None:
+        with self._lock:
+            query = self._want_query
+        try:
+            page = source.list_jobs(query.state, search=query.search, limit=query.limit, offset=query.offset)
+        except BrokerUnavailable:
+            raise
+        except CutqError as e:
+            log.warning("list_jobs(%s) failed: %s", query, e)
+            page = {"jobs": [], "total": 0}
+        jobs = list(page.get("jobs") or [])
+        self._page_ids = {j["job_id"] for j in jobs}
+        with self._lock:
+            self._loaded_query = query
+        self._post(JobsPage(query, jobs, int(page.get("total") or 0)))
+
+    def _load_watch(self, source: Source) -> None:
+        with self._lock:
+            job_id = self._want_watch
+        if job_id is not None:
+            try:
+                self._post(JobDetail(source.status(job_id)))
+            except BrokerUnavailable:
+                raise
+            except CutqError as e:
+                self._post(JobMissing(job_id, str(e)))
+        with self._lock:
+            self._loaded_watch = job_id
+
+
+def broker_feed(endpoint: str, config: FeedConfig | None = None, *,
+                context: zmq.Context | None = None) -> Feed:
+    """A Feed that talks to the broker at `endpoint` through shared.client."""
+    ctx = context or zmq.Context()
+
+    def connect(timeout: float) -> Source:
+        return ReadyClient(endpoint, timeout=timeout, context=ctx)
+
+    return Feed(connect, label=endpoint, config=config)

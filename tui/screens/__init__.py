@@ -1,0 +1,1 @@
+"""Dashboard screens: overview, job detail, and the modal dialogs."""

@@ -1,0 +1,303 @@
+"""One job: a summary, its tasks live, and a before/after preview of the selected task."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import get_current_worker
+
+from shared.client import CutqError
+from shared.states import TERMINAL
+from tui import fmt
+from tui.model import TaskBook, merge_job
+from tui.widgets.jobs_table import model_label
+from tui.widgets.preview import TaskPreview, decode
+from tui.widgets.stats_panel import roomy
+from tui.widgets.status_bar import StatusBar
+from tui.widgets.tasks_table import TasksTable
+
+if TYPE_CHECKING:
+    from tui.app import CutqApp
+
+PREVIEW_CACHE = 24
+
+
+def options_text(job: dict) -> str:
+    """'u2netp · png · alpha matting · bg #ffffff' from a job's processor and options."""
+    opts = job.get("options") or {}
+    parts = [model_label(job)]
+    if job.get("processor", "rembg") == "rembg":
+        parts.append(str(opts.get("format") or "png"))
+        for key, label in (("alpha_matting", "alpha matting"), ("only_mask", "mask only"),
+                           ("post_process_mask", "post-process")):
+            if opts.get(key):
+                parts.append(label)
+        if opts.get("bgcolor"):
+            parts.append("bg #" + "".join(f"{int(c):02x}" for c in opts["bgcolor"][:3]))
+    extra = {k: v for k, v in opts.items()
+             if k not in ("model", "format", "alpha_matting", "only_mask", "post_process_mask", "bgcolor")}
+    parts += [f"{k}={v}" for k, v in extra.items()]
+    return " · ".join(parts)
+
+
+def summary(job: dict, now: float, wide: bool) -> Table:
+    """Two lines: state, progress and counts; then processor/options and timings."""
+    grid = Table.grid(padding=(0, 2), expand=True)
+    grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
+    counts = Text()
+    for state in ("done", "failed", "cancelled", "running", "queued"):
+        n = int(job.get(state) or 0)
+        label = f" {state}" if wide else ""
+        counts.append(f"{fmt.STATE_ICON[state]} {n}{label}  ", style=fmt.STATE_STYLE[state] if n else "dim")
+    line1 = Text.assemble(fmt.state_text(job.get("state") or "queued"), "  ",
+                          fmt.progress_bar(job, 40 if wide else 14), (f"  {fmt.percent(job)}%  ", "bold"), counts)
+    line2 = Text.assemble((options_text(job), "#7dcfff"), ("  submitted ", "dim"),
+                          fmt.clock(job.get("created"), now))
+    if job.get("finished"):
+        line2.append_text(Text.assemble(("  finished ", "dim"), fmt.clock(job.get("finished"), now)))
+    line2.append_text(Text.assemble(("  took " if job.get("finished") else "  running for ", "dim"),
+                                    fmt.duration(fmt.job_duration(job, now))))
+    if wide:
+        line2.append_text(Text.assemble(("  tenant ", "dim"), str(job.get("tenant") or "default"),
+                                        ("  priority ", "dim"), str(job.get("priority") or 0)))
+    grid.add_row(line1)
+    grid.add_row(line2)
+    return grid
+
+
+class JobDetailScreen(Screen):
+    """Follows one job (the feed watches it while this screen is open)."""
+
+    app: "CutqApp"
+
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("c", "cancel", "Cancel"),
+        Binding("r", "retry", "Retry"),
+        Binding("f", "fetch", "Fetch"),
+        Binding("space", "mark", "Mark", key_display="␣"),
+        Binding("a", "mark_failed", "Mark failed", show=False),
+        Binding("v", "toggle_preview", "Preview"),
+    ]
+
+    def __init__(self, job: dict) -> None:
+        super().__init__(id="detail")
+        self.job = dict(job)
+        self.book: TaskBook | None = None
+        self._preview_timer: Timer | None = None
+        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self.ready = False  # feed messages can arrive before the widgets exist
+
+    @property
+    def job_id(self) -> str:
+        return self.job["job_id"]
+
+    def compose(self) -> ComposeResult:
+        bar = StatusBar(self.app.conn, self.app.clock)
+        bar.crumb = f"job {self.job_id}"
+        yield bar
+        yield Static(id="job-summary", classes="panel")
+        with Horizontal(id="detail-body"):
+            yield TasksTable(self.app.clock, self.app.worker_book.display_name, id="tasks", classes="panel")
+            yield TaskPreview(id="preview", classes="panel")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#job-summary").border_title = f"Job {self.job_id}"
+        self.query_one("#tasks").border_title = "Tasks · loading…"
+        self.query_one(TaskPreview).clear()
+        self.query_one(TasksTable).focus()
+        self.ready = True
+        self.show_summary()
+        self.app.feed.watch_job(self.job_id)
+
+    def on_unmount(self) -> None:
+        self.app.feed.watch_job(None)
+
+    def on_resize(self) -> None:
+        self.show_summary()
+
+    # ------------------------------------------------------------------ fed by the app
+
+    def show_detail(self, status: dict) -> None:
+        if not self.ready:
+            return
+        if status.get("job_id") != self.job_id:
+            return
+        self.book = TaskBook(status)
+        self.job = dict(self.book.job)
+        table = self.query_one(TasksTable)
+        table.show(self.book.tasks)
+        self.show_summary()
+        self._tasks_title()
+        if table.selected_task is not None:
+            self._schedule_preview()
+
+    def missing(self, error: str) -> None:
+        if not self.ready:
+            return
+        self.query_one("#tasks").border_title = f"Tasks · {error}"
+
+    def apply(self, jobs: dict[str, dict], events: list[dict]) -> None:
+        if not self.ready:
+            return
+        if self.job_id in jobs:
+            self.job = merge_job(self.job, jobs[self.job_id])
+            if self.book is not None:
+                self.book.job = merge_job(self.book.job, jobs[self.job_id])
+            self.show_summary()
+        if self.book is None:
+            return
+        table = self.query_one(TasksTable)
+        mine = [e for e in events if e.get("job_id") == self.job_id]
+        for e in mine:
+            if e.get("kind") == "progress":
+                table.progress[e["task_id"]] = e
+        changed = self.book.apply(mine)
+        for tid in changed:
+            if self.book.tasks[tid].get("state") != "running":
+                table.progress.pop(tid, None)
+        changed |= {e["task_id"] for e in mine if e.get("kind") == "progress" and e["task_id"] in self.book.tasks}
+        if changed:
+            table.update_tasks(changed)
+            self._tasks_title()
+            selected = table.selected_task
+            if selected is not None and selected["task_id"] in changed:
+                self.query_one(TaskPreview).set_info(selected)
+                if selected.get("state") == "done":
+                    self._schedule_preview()
+
+    def tick(self) -> None:
+        if not self.ready:
+            return
+        self.query_one(TasksTable).tick()
+        if self.job.get("state") not in TERMINAL:
+            self.show_summary()
+        self.query_one(StatusBar).refresh()
+
+    def refresh_status(self) -> None:
+        if not self.ready:
+            return
+        self.query_one(StatusBar).refresh()
+        self.set_class(self.app.conn.state == "down", "-stale")
+
+    def show_summary(self) -> None:
+        if not self.ready:
+            return
+        self.query_one("#job-summary", Static).update(summary(self.job, self.app.clock(), roomy(self)))
+
+    def _tasks_title(self) -> None:
+        table = self.query_one(TasksTable)
+        title = f"Tasks · {len(table.tasks)}"
+        if table.marked:
+            title += f" · {len(table.marked)} marked"
+        self.query_one("#tasks").border_title = title
+
+    # ------------------------------------------------------------------ preview
+
+    @on(DataTable.RowHighlighted, "#tasks")
+    def _highlighted(self) -> None:
+        self._schedule_preview()
+
+    def _schedule_preview(self) -> None:
+        if self._preview_timer is not None:
+            self._preview_timer.stop()
+        self._preview_timer = self.set_timer(0.2, self._start_preview)
+
+    def _start_preview(self) -> None:
+        task = self.query_one(TasksTable).selected_task
+        preview = self.query_one(TaskPreview)
+        if task is None or not preview.display:
+            return
+        key = (task["task_id"], task.get("state"))
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            preview.task_id = task["task_id"]
+            preview.show(task, *self._cache[key])
+            return
+        preview.loading(task)
+        self._load_preview(dict(task))
+
+    @work(thread=True, exclusive=True, group="preview")
+    def _load_preview(self, task: dict) -> None:
+        """Fetch the input (and the result, when done) and decode them off the UI thread."""
+        worker = get_current_worker()
+        before = after = None
+        before_note = after_note = ""
+        try:
+            _, data = self.app.feed.call("fetch_result", task["task_id"], what="input")
+            before = decode(data)
+        except CutqError as e:
+            before_note = f"input unavailable: {e}"
+        except Exception as e:  # PIL cannot read it: that is what the preview shows
+            before_note = f"cannot decode input: {e.__class__.__name__}"
+        state = task.get("state")
+        if state == "done":
+            try:
+                _, data = self.app.feed.call("fetch_result", task["task_id"], what="result")
+                after = decode(data)
+            except CutqError as e:
+                after_note = f"result unavailable: {e}"
+            except Exception as e:
+                after_note = f"cannot decode result: {e.__class__.__name__}"
+        else:
+            after_note = {"queued": "waiting for a worker", "running": "cutting out…",
+                          "failed": "failed: no result", "cancelled": "cancelled"}.get(state or "", "")
+        if worker.is_cancelled:
+            return
+        result = (before, after, before_note, after_note)
+        self.app.call_from_thread(self._preview_ready, task, result)
+
+    def _preview_ready(self, task: dict, result: tuple) -> None:
+        self._cache[(task["task_id"], task.get("state"))] = result
+        while len(self._cache) > PREVIEW_CACHE:
+            self._cache.popitem(last=False)
+        current = self.query_one(TasksTable).selected_task
+        if current is not None and current["task_id"] == task["task_id"]:
+            self.query_one(TaskPreview).show(current, *result)
+
+    # ------------------------------------------------------------------ actions
+
+    def _targets(self, states: frozenset[str]) -> list[int] | None:
+        """Marked tasks in `states`, or None (= the whole job) when nothing is marked."""
+        table = self.query_one(TasksTable)
+        if not table.marked:
+            return None
+        return sorted(t for t in table.marked if table.tasks.get(t, {}).get("state") in states)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_cancel(self) -> None:
+        self.app.cancel_job(self.job, self._targets(frozenset({"queued", "running"})))
+
+    def action_retry(self) -> None:
+        self.app.retry_job(self.job, self._targets(frozenset({"failed", "cancelled"})))
+
+    def action_fetch(self) -> None:
+        self.app.fetch_job(self.job)
+
+    def action_mark(self) -> None:
+        self.query_one(TasksTable).toggle_mark()
+        self._tasks_title()
+
+    def action_mark_failed(self) -> None:
+        table = self.query_one(TasksTable)
+        table.mark([tid for tid, t in table.tasks.items() if t.get("state") == "failed"])
+        self._tasks_title()
+
+    def action_toggle_preview(self) -> None:
+        preview = self.query_one(TaskPreview)
+        preview.display = not preview.display
+        if preview.display:
+            self._schedule_preview()

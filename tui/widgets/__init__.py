@@ -1,0 +1,1 @@
+"""Dashboard widgets: each one renders one part of the broker's state."""
