@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -30,7 +31,7 @@ from broker.scheduler import Scheduler, TenantPolicy
 from broker.store import Claimed, Store, StoreError
 from shared import protocol as p
 from shared.config import BrokerConfig
-from shared.options import PROCESSORS, rembg_models, validate_options
+from shared.options import PROCESSORS, validate_options, warm_model_lookup
 from shared.sdnotify import Notifier
 from shared.security import is_local_endpoint
 from shared.states import TASK_STATES
@@ -106,7 +107,7 @@ class Broker:
         self._next_heartbeat = 0.0
         self._next_stats = 0.0
         # an unknown model name makes validation import rembg (a second): do it now, off the loop
-        threading.Thread(target=_warm_model_list, daemon=True, name="warm-rembg").start()
+        threading.Thread(target=warm_model_lookup, daemon=True, name="warm-rembg").start()
         recovered = self.store.recover()
         self._load_policies()
         self._load_queue()
@@ -195,20 +196,21 @@ class Broker:
             self.zap.handle()
         if self.keyring:
             self.keyring.refresh()
-        for _ in range(MAX_MESSAGES_PER_TURN):
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not self.secure)
-            except zmq.Again:
-                break
-            self._handle(frames)
         now = self.clock()
-        self._purge_dead(now)
-        self.scheduler.release_due(self.wall())
-        self._dispatch()
         try:
+            for _ in range(MAX_MESSAGES_PER_TURN):
+                try:
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not self.secure)
+                except zmq.Again:
+                    break
+                self._handle(frames)
+            self._purge_dead(now)
+            self.scheduler.release_due(self.wall())
+            self._dispatch()
             changes = self.store.commit()
-        except StoreError as e:
-            log.error("%s", e)
+        except (StoreError, sqlite3.Error) as e:  # disk full, read-only, locked: the turn never happened
+            log.error("storage error, turn rolled back: %s", e)
+            self.store.rollback()
             self._abort_turn(str(e))
             return
         turn, self._turn = self._turn, _Turn()
@@ -258,6 +260,8 @@ class Broker:
             return
         try:
             handler(ident, msg, who)
+        except (StoreError, sqlite3.Error):
+            raise  # the whole turn is rolled back and answered with errors
         except Exception as e:  # a bug in one handler must not take the broker down
             log.exception("handler for %s failed", type(msg).__name__)
             if hasattr(msg, "req"):
@@ -774,13 +778,6 @@ class Broker:
             self.zap.close()
         if self._own_ctx:
             self._ctx.term()
-
-
-def _warm_model_list() -> None:
-    try:
-        rembg_models()
-    except Exception:  # no rembg here: such names are refused at submit, which is right
-        pass
 
 
 def _bump(series: deque, second: int) -> None:

@@ -177,7 +177,10 @@ class Store:
 
     def _begin(self) -> None:
         if not self._in_tx:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StoreError(f"could not start a write on {self.path}: {e}") from e
             self._in_tx = True
 
     def commit(self) -> list[Change]:
@@ -269,8 +272,8 @@ class Store:
         now = self._clock()
         job_id = uuid.uuid4().hex[:12]
         self._db.execute(
-            f"INSERT INTO jobs (id, created, tenant, processor, options, model, priority, total, n_queued) "
-            f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, created, tenant, processor, options, model, priority, total, n_queued) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job_id, now, tenant, processor, json.dumps(options), options.get("model"), priority,
              len(names), len(names)),
         )

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from shared.client import BrokerUnavailable, Client, CutqError, collect_images, result_filename
+from shared.client import BrokerUnavailable, Client, CutqError, collect_images
 from shared.config import DEFAULT_MODEL, BrokerConfig, WorkerConfig, default_data_dir, default_endpoint
 from shared.options import PROCESSORS
 from shared.security import Credentials, CredentialsError

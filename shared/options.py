@@ -1,28 +1,40 @@
 """Job options: validated and defaulted once, at submit time, so a bad job stores nothing.
 
-Shared by the broker (which refuses bad submissions) and the worker (which trusts
-what the broker stored).  Importing this module is cheap; rembg's model list is
-looked up lazily the first time a rembg job is validated.
+The broker refuses bad submissions with these rules; the worker re-checks what it
+runs with the same ones.  Cheap to import (no rembg, no onnxruntime): rembg is
+imported only to look up a model name that is not in KNOWN_MODELS.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
 from shared.config import DEFAULT_MODEL, OUTPUT_FORMATS
 
 PROCESSORS: tuple[str, ...] = ("rembg", "noop", "sleep")
-# rembg's local models (2.0.86); anything else is looked up in rembg itself, which
-# costs a second of import on first use: never on the broker's hot path for these
-KNOWN_MODELS: tuple[str, ...] = (
-    "u2netp", "u2net", "u2net_human_seg", "u2net_cloth_seg", "silueta", "isnet-general-use", "isnet-anime",
-    "sam", "bria-rmbg", "birefnet-general", "birefnet-general-lite", "birefnet-general-fp16",
-    "birefnet-portrait", "birefnet-dis", "birefnet-hrsod", "birefnet-cod", "birefnet-massive",
-)
 
-_REMBG_DEFAULTS: dict[str, Any] = {
+# rembg's local models that need nothing but their name (rembg 2.0.86). A name
+# not listed here is looked up in rembg itself (see `_model_problem`);
+# tests/test_processors.py fails when this list drifts from the installed rembg.
+KNOWN_MODELS: tuple[str, ...] = (
+    "u2netp", "u2net", "u2net_human_seg", "u2net_cloth_seg", "silueta",
+    "isnet-general-use", "isnet-anime", "sam", "bria-rmbg",
+    "birefnet-general", "birefnet-general-lite", "birefnet-general-fp16",
+    "birefnet-portrait", "birefnet-dis", "birefnet-hrsod", "birefnet-cod",
+    "birefnet-massive",
+)
+# Registered in rembg but refused here: the *_custom sessions need a model_path,
+# and the remote ones send the image to a paid third-party service.
+REFUSED_MODELS: dict[str, str] = {
+    "u2net_custom": "needs a model_path, which cutq does not pass",
+    "dis_custom": "needs a model_path, which cutq does not pass",
+    "ben_custom": "needs a model_path, which cutq does not pass",
+    "withoutbg": "is a remote paid service, not a local model",
+    "atlascloud": "is a remote paid service, not a local model",
+}
+
+REMBG_DEFAULTS: dict[str, Any] = {
     "model": DEFAULT_MODEL,
     "alpha_matting": False,
     "alpha_matting_foreground_threshold": 240,
@@ -33,68 +45,129 @@ _REMBG_DEFAULTS: dict[str, Any] = {
     "bgcolor": None,
     "format": "png",
 }
-_HEX = re.compile(r"^#?([0-9a-fA-F]{6})([0-9a-fA-F]{2})?$")
+MAX_ERODE_SIZE = 1000  # rembg erodes with an erode_size^2 structure: cost grows with its square
+SLEEP_DEFAULT_SECONDS = 1.0
+SLEEP_MAX_SECONDS = 3600.0
 
 
-@functools.lru_cache(maxsize=1)
-def rembg_models() -> tuple[str, ...]:
-    """Every model name rembg knows (downloadable or on disk)."""
-    from rembg.sessions import sessions_names  # heavy (onnxruntime): only when needed
-
-    return tuple(sessions_names)
+# ---------------------------------------------------------------- options
 
 
-def parse_color(value: Any) -> list[int]:
-    """'#rrggbb', '#rrggbbaa', or [r, g, b(, a)] -> [r, g, b, a]; ValueError otherwise."""
-    if isinstance(value, str):
-        m = _HEX.match(value.strip())
-        if not m:
-            raise ValueError(f"bgcolor {value!r} is not #rrggbb or #rrggbbaa")
-        rgb = [int(m.group(1)[i:i + 2], 16) for i in (0, 2, 4)]
-        return rgb + [int(m.group(2), 16) if m.group(2) else 255]
-    if isinstance(value, (list, tuple)) and len(value) in (3, 4) and all(
-        isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value
-    ):
-        return list(value) + ([255] if len(value) == 3 else [])
-    raise ValueError(f"bgcolor {value!r} must be 3 or 4 integers 0-255 or a #hex colour")
+def validate_options(processor: str, options: dict) -> dict:
+    """Check `options` for `processor` and return a new dict with defaults filled in.
 
-
-def _int_in(options: dict, key: str, low: int, high: int) -> None:
-    v = options[key]
-    if not isinstance(v, int) or isinstance(v, bool) or not low <= v <= high:
-        raise ValueError(f"{key} must be an integer from {low} to {high}, got {v!r}")
-
-
-def validate_options(processor: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Check a job's options for `processor` and fill defaults; one-line ValueError if bad."""
+    Raises ValueError with a one-line reason (unknown processor, unknown key, bad
+    type or range). Pure and cheap: rembg is imported only to look up a model name
+    that is not in KNOWN_MODELS.
+    """
     if processor not in PROCESSORS:
-        raise ValueError(f"unknown processor {processor!r} (one of: {', '.join(PROCESSORS)})")
-    if processor == "sleep":
-        allowed: dict[str, Any] = {"seconds": 1.0, "format": "png"}
-    elif processor == "noop":
-        allowed = {"format": "png", "model": DEFAULT_MODEL}
-    else:
-        allowed = _REMBG_DEFAULTS
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} for processor {processor} (known: {', '.join(allowed)})")
-    out = {**allowed, **options}
-    if out["format"] not in OUTPUT_FORMATS:
-        raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {out['format']!r}")
-    if processor == "sleep":
-        s = out["seconds"]
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not 0 <= s <= 3600:
-            raise ValueError(f"seconds must be a number from 0 to 3600, got {s!r}")
-    if processor != "rembg":
-        return out
-    if not isinstance(out["model"], str) or (out["model"] not in KNOWN_MODELS and out["model"] not in rembg_models()):
-        raise ValueError(f"unknown rembg model {out['model']!r} (known: {', '.join(rembg_models())})")
+        raise ValueError(f"unknown processor {processor!r} (known: {', '.join(PROCESSORS)})")
+    if not isinstance(options, dict):
+        raise ValueError(f"options must be a map, not {type(options).__name__}")
+    for key in options:
+        if not isinstance(key, str):
+            raise ValueError(f"option names must be strings, got {key!r}")
+    if processor == "rembg":
+        return _validate_rembg(options)
+    if processor == "noop":
+        # `model` is accepted and dropped: clients send their default model with any job.
+        _refuse_unknown(processor, options, {"format", "model"})
+        return {"format": _format(options["format"])} if "format" in options else {}
+    _refuse_unknown(processor, options, {"seconds", "format"})
+    seconds = options.get("seconds", SLEEP_DEFAULT_SECONDS)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ValueError(f"option 'seconds' must be a number, not {type(seconds).__name__}")
+    if not 0.0 <= seconds <= SLEEP_MAX_SECONDS:  # also refuses NaN
+        raise ValueError(f"option 'seconds' must be between 0 and {SLEEP_MAX_SECONDS:g}, got {seconds!r}")
+    out: dict[str, Any] = {"seconds": float(seconds)}
+    if "format" in options:
+        out["format"] = _format(options["format"])
+    return out
+
+
+def _validate_rembg(options: dict) -> dict:
+    _refuse_unknown("rembg", options, set(REMBG_DEFAULTS))
+    out = dict(REMBG_DEFAULTS)
+    out.update(options)
+    model = out["model"]
+    if not isinstance(model, str) or not model:
+        raise ValueError("option 'model' must be a non-empty string")
+    problem = _model_problem(model)
+    if problem:
+        raise ValueError(f"option 'model': {problem}")
     for key in ("alpha_matting", "only_mask", "post_process_mask"):
         if not isinstance(out[key], bool):
-            raise ValueError(f"{key} must be true or false, got {out[key]!r}")
-    _int_in(out, "alpha_matting_foreground_threshold", 0, 255)
-    _int_in(out, "alpha_matting_background_threshold", 0, 255)
-    _int_in(out, "alpha_matting_erode_size", 0, 1000)
-    if out["bgcolor"] is not None:
-        out["bgcolor"] = parse_color(out["bgcolor"])
+            raise ValueError(f"option {key!r} must be true or false, not {out[key]!r}")
+    for key, hi in (
+        ("alpha_matting_foreground_threshold", 255),
+        ("alpha_matting_background_threshold", 255),
+        ("alpha_matting_erode_size", MAX_ERODE_SIZE),
+    ):
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"option {key!r} must be an integer, not {value!r}")
+        if not 0 <= value <= hi:
+            raise ValueError(f"option {key!r} must be between 0 and {hi}, got {value}")
+    out["bgcolor"] = _bgcolor(out["bgcolor"])
+    out["format"] = _format(out["format"])
     return out
+
+
+def _refuse_unknown(processor: str, options: dict, allowed: set[str]) -> None:
+    for key in options:
+        if key not in allowed:
+            raise ValueError(
+                f"unknown option {key!r} for processor {processor!r} "
+                f"(allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def _format(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"option 'format' must be one of {', '.join(OUTPUT_FORMATS)}, got {value!r}")
+    return value.lower()
+
+
+_HEX_COLOUR = re.compile(r"#([0-9a-fA-F]{6}|[0-9a-fA-F]{8})")
+
+
+def _bgcolor(value: Any) -> list[int] | None:
+    """None, [r, g, b, a] / [r, g, b] ints 0-255, or "#rrggbb" / "#rrggbbaa" -> a 4-list."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        m = _HEX_COLOUR.fullmatch(value.strip())
+        if not m:
+            raise ValueError(f"option 'bgcolor' must be '#rrggbb' or '#rrggbbaa', got {value!r}")
+        digits = m.group(1) + ("ff" if len(m.group(1)) == 6 else "")
+        return [int(digits[i : i + 2], 16) for i in range(0, 8, 2)]
+    if isinstance(value, (list, tuple)) and len(value) in (3, 4):
+        if all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value):
+            return [*value, 255] if len(value) == 3 else list(value)
+    raise ValueError(f"option 'bgcolor' must be [r, g, b, a] with integers 0-255, got {value!r}")
+
+
+def _model_problem(model: str) -> str:
+    """Why `model` cannot be used ("" when it can)."""
+    if model in KNOWN_MODELS:
+        return ""
+    if model in REFUSED_MODELS:
+        return f"model {model!r} {REFUSED_MODELS[model]}"
+    try:  # a model newer than KNOWN_MODELS? ask rembg (slow once: imports onnxruntime)
+        from rembg.sessions import sessions
+    except (Exception, SystemExit):  # rembg calls sys.exit(1) when onnxruntime is missing
+        sessions = {}
+    cls = sessions.get(model)
+    if cls is None:
+        return f"unknown model {model!r} (known: {', '.join(KNOWN_MODELS)})"
+    if model.endswith("_custom") or not cls.is_local() or cls.requires_credentials():
+        return f"model {model!r} is not a local model that works by name alone"
+    return ""
+
+
+def warm_model_lookup() -> None:
+    """Import rembg's model registry ahead of time (a second), so no request waits for it."""
+    try:
+        import rembg.sessions  # noqa: F401
+    except Exception:  # no rembg here: names outside KNOWN_MODELS are refused, which is right
+        pass
