@@ -260,7 +260,9 @@ class Broker:
             return
         try:
             handler(ident, msg, who)
-        except (StoreError, sqlite3.Error):
+        except (StoreError, sqlite3.Error) as e:
+            if hasattr(msg, "req"):
+                self._reply_error(ident, msg, f"storage error, nothing was saved: {e}", "storage")
             raise  # the whole turn is rolled back and answered with errors
         except Exception as e:  # a bug in one handler must not take the broker down
             log.exception("handler for %s failed", type(msg).__name__)
