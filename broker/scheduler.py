@@ -45,6 +45,7 @@ class Scheduler:
         self.policies: dict[str, TenantPolicy] = dict(policies or {})
         self.paused_all = False
         self.paused: set[str] = set()
+        self._current: str | None = None  # the tenant whose turn a full batch cut short
 
     def __len__(self) -> int:
         return sum(len(t.heap) for t in self._tenants.values()) + len(self._delayed)
@@ -105,6 +106,9 @@ class Scheduler:
         taken: dict[str, int] = {}
         allowance = {name: self._allowance(name, t, now, running)
                      for name, t in self._tenants.items() if t.heap and name not in self.paused}
+        # a turn cut short by a full batch resumes without a fresh quantum, so weights hold
+        # even when slots free up one at a time
+        resume, self._current = self._current, None
         while len(out) < n:
             active = [(name, self._tenants[name]) for name, a in allowance.items()
                       if a > taken.get(name, 0) and self._tenants[name].heap]
@@ -117,7 +121,9 @@ class Scheduler:
                     taken[name] = taken.get(name, 0) + 1
                 break
             for name, t in active:
-                t.deficit += self.policy(name).weight
+                if name != resume:
+                    t.deficit += self.policy(name).weight
+                resume = None
                 while t.deficit >= 1.0 and t.heap and len(out) < n and taken.get(name, 0) < allowance[name]:
                     out.append((heapq.heappop(t.heap)[2], name))
                     taken[name] = taken.get(name, 0) + 1
@@ -127,8 +133,11 @@ class Scheduler:
                 elif taken.get(name, 0) >= allowance[name]:
                     t.deficit = min(t.deficit, self.policy(name).weight)  # capped, not owed a burst later
                 if len(out) >= n:
-                    # the next call starts after this tenant, so no tenant is always first
-                    self._tenants.move_to_end(name)
+                    # the next call goes on with this round: this tenant if its turn is
+                    # unfinished, else the one after it, so no tenant is always first
+                    unfinished = bool(t.heap) and t.deficit >= 1.0 and taken.get(name, 0) < allowance[name]
+                    self._start_round_at(name, include=unfinished)
+                    self._current = name if unfinished else None
                     break
         for name, k in taken.items():
             t = self._tenants[name]
@@ -137,3 +146,12 @@ class Scheduler:
         for name in [k for k, t in self._tenants.items() if not t.heap]:
             del self._tenants[name]
         return out
+
+    def _start_round_at(self, name: str, include: bool) -> None:
+        """Rotate the round order so the next pop starts at `name` (or just after it)."""
+        for k in list(self._tenants):
+            if k == name:
+                break
+            self._tenants.move_to_end(k)
+        if not include:
+            self._tenants.move_to_end(name)
