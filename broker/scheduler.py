@@ -143,7 +143,9 @@ class Scheduler:
             t = self._tenants[name]
             if self.policy(name).rate:
                 t.tokens -= k
-        for name in [k for k, t in self._tenants.items() if not t.heap]:
+        # a rate-limited tenant keeps its bucket when its queue empties: forgetting it
+        # would hand it a fresh burst with every small submission
+        for name in [k for k, t in self._tenants.items() if not t.heap and not self.policy(k).rate]:
             del self._tenants[name]
         return out
 
