@@ -76,21 +76,6 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-class ReadyClient(Client):
-    """A Client that waits (briefly) for its connection before the first request.
-
-    shared.client.Client connects with IMMEDIATE=1 and sends with NOBLOCK, so the
-    first request on a fresh socket is dropped before the TCP handshake completes
-    and then times out.  Waiting for POLLOUT (writable = a peer is connected) avoids
-    that.  Remove once the client library does this itself.
-    """
-
-    def _connect(self) -> None:
-        super()._connect()
-        assert self._sock is not None
-        self._sock.poll(int(min(self.timeout, 2.0) * 1000), zmq.POLLOUT)
-
-
 class Coalescer:
     """Folds broker events into the next batch: latest job event per job, latest task
     event per task, worker events kept in order, the latest stats."""
@@ -384,6 +369,6 @@ def broker_feed(endpoint: str, config: FeedConfig | None = None, *,
     ctx = context or zmq.Context()
 
     def connect(timeout: float) -> Source:
-        return ReadyClient(endpoint, timeout=timeout, context=ctx)
+        return Client(endpoint, timeout=timeout, context=ctx)
 
     return Feed(connect, label=endpoint, config=config)

@@ -16,12 +16,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
 from shared.config import DEFAULT_MODEL, OUTPUT_FORMATS
+from shared.options import KNOWN_MODELS, PROCESSORS
 from tui.screens.paths import PathSuggester, count_images
-
-# rembg's model names; workers' loaded models are listed first when known.
-KNOWN_MODELS = ("u2netp", "u2net", "u2net_human_seg", "silueta", "isnet-general-use", "isnet-anime",
-                "birefnet-general", "birefnet-general-lite", "birefnet-portrait")
-KNOWN_PROCESSORS = ("rembg", "noop", "sleep")
 
 
 @dataclass
@@ -88,9 +84,10 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
                  path: str = "") -> None:
         super().__init__(classes="dialog-screen")
         loaded = [m for m in (models or []) if m]
+        self.loaded = set(loaded)  # marked ✓: some worker has these in memory
         self.models = list(dict.fromkeys([*loaded, DEFAULT_MODEL, *KNOWN_MODELS]))
         self.default_model = DEFAULT_MODEL if DEFAULT_MODEL in loaded or not loaded else loaded[0]
-        self.processors = list(dict.fromkeys([*(processors or []), *KNOWN_PROCESSORS]))
+        self.processors = list(dict.fromkeys([*PROCESSORS, *(processors or [])]))
         self.initial_path = path
 
     def compose(self) -> ComposeResult:
@@ -104,7 +101,8 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
                 yield Select([(p, p) for p in self.processors], value="rembg", allow_blank=False, id="processor",
                              compact=True)
                 yield Label("Model")
-                yield Select([(m, m) for m in self.models], value=self.default_model,
+                yield Select([(f"{m} ✓" if m in self.loaded else m, m) for m in self.models],
+                             value=self.default_model,
                              allow_blank=False, id="model", compact=True)
                 yield Label("Format")
                 yield Select([(f, f) for f in OUTPUT_FORMATS], value=OUTPUT_FORMATS[0], allow_blank=False,

@@ -39,8 +39,16 @@ class StatusBar(Widget):
         self.crumb = ""
 
     def render(self) -> Table:
+        now = self.clock()
+        self.set_class(self.conn.state == "down", "-down")
+        grid = Table.grid(expand=True)
+        grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        grid.add_column(justify="right", no_wrap=True)
+        grid.add_row(self.left_text(), Text(fmt.clock(now, now) + " ", style="dim"))
+        return grid
+
+    def left_text(self) -> Text:
         c, now = self.conn, self.clock()
-        self.set_class(c.state == "down", "-down")
         left = Text.assemble((" cutq ", "bold reverse"), " ")
         if self.crumb:
             left.append(f"{self.crumb}  ", style="bold")
@@ -58,8 +66,4 @@ class StatusBar(Widget):
                 left.append(f" · data as of {fmt.clock(c.last_data, now)}", style="#e0af68")
         if c.paused and c.state != "down":
             left.append("  ⏸ dispatch paused", style="bold #e0af68")
-        grid = Table.grid(expand=True)
-        grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
-        grid.add_column(justify="right", no_wrap=True)
-        grid.add_row(left, Text(fmt.clock(now, now) + " ", style="dim"))
-        return grid
+        return left

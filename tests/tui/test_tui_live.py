@@ -1,0 +1,216 @@
+"""Pilot tests of the dashboard against a real broker and real workers (subprocesses).
+
+Everything the user does goes through the UI (keys, dialogs); what the test checks is
+what the screen shows, updated by the broker's event stream.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from textual import events
+from textual.widgets import Input, Select
+
+from tests.cluster import Cluster, model_available, sample_photo
+from tests.tui.helpers import FAST, png_bytes, run_async, wait_until
+from tui.app import CutqApp
+from tui.feed import broker_feed
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.job_detail import JobDetailScreen
+from tui.screens.submit import SubmitScreen
+from tui.widgets.jobs_table import JobsTable
+from tui.widgets.preview import ImageSlot
+from tui.widgets.status_bar import StatusBar
+from tui.widgets.tasks_table import TasksTable
+from tui.widgets.workers_panel import WorkersTable
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def start_cluster(tmp: Path, workers: int = 1) -> Cluster:
+    c = Cluster(tmp)
+    try:
+        c.start_broker()
+        for _ in range(workers):
+            c.start_worker(2)
+        c.wait_workers(workers, timeout=30)
+    except (AssertionError, OSError, subprocess.SubprocessError) as e:
+        logs = c.logs()
+        c.stop()
+        pytest.skip(f"cannot start a broker and worker with `python -m shared.cli`: {e}\n{logs[-2000:]}")
+    return c
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    c = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield c
+    c.stop()
+
+
+def make_app(endpoint: str) -> CutqApp:
+    return CutqApp(broker_feed(endpoint, FAST))
+
+
+def jobs_table(app: CutqApp) -> JobsTable:
+    return app.overview.query_one(JobsTable)
+
+
+async def connected(pilot, app: CutqApp) -> None:
+    await wait_until(pilot, lambda: {"connected", "stats", "workers", "jobs"} <= app.loaded, 15, "first load")
+
+
+async def submit_via_dialog(pilot, app: CutqApp, path: str, processor: str, options_json: str = "") -> str:
+    """Fill in the submit dialog like a user would and return the new job's id."""
+    before = set(jobs_table(app).jobs)
+    await pilot.press("s")
+    screen = await wait_until(pilot, lambda: isinstance(app.screen, SubmitScreen) and app.screen, 5, "dialog")
+    box = screen.query_one("#path", Input)
+    assert box.has_focus
+    box.post_message(events.Paste(path))  # as a terminal delivers a pasted path
+    await wait_until(pilot, lambda: box.value == path, 5, "the pasted path")
+    screen.query_one("#processor", Select).value = processor
+    if options_json:
+        screen.query_one("#extra", Input).value = options_json
+    await pilot.press("ctrl+s")
+    await wait_until(pilot, lambda: not isinstance(app.screen, SubmitScreen), 5, "dialog to close")
+    new = await wait_until(pilot, lambda: set(jobs_table(app).jobs) - before, 15, "the new job in the table")
+    return new.pop()
+
+
+def job_state(app: CutqApp, job_id: str) -> str | None:
+    job = jobs_table(app).jobs.get(job_id)
+    return job and job.get("state")
+
+
+@run_async
+async def test_submit_through_ui_and_watch_done(cluster: Cluster, image_dir: Path) -> None:
+    app = make_app(cluster.endpoint)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        job_id = await submit_via_dialog(pilot, app, str(image_dir), "noop")
+        await wait_until(pilot, lambda: job_state(app, job_id) == "done", 20, "job to finish")
+        job = jobs_table(app).jobs[job_id]
+        assert (job["done"], job["total"]) == (3, 3)
+        # open it: every task shows as done, with the worker that ran it
+        table = jobs_table(app)
+        table.move_cursor(row=table.get_row_index(job_id))
+        await pilot.press("enter")
+        detail = await wait_until(pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen, 5)
+        tasks = await wait_until(pilot, lambda: len(detail.query_one(TasksTable).tasks) == 3
+                                 and detail.query_one(TasksTable).tasks, 10, "the task rows")
+        assert {t["state"] for t in tasks.values()} == {"done"}
+        assert all(t["worker"] for t in tasks.values())
+        await pilot.press("escape")
+        assert not isinstance(app.screen, JobDetailScreen)
+
+
+@run_async
+async def test_cancel_a_running_job(cluster: Cluster, image_dir: Path) -> None:
+    app = make_app(cluster.endpoint)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        job_id = await submit_via_dialog(pilot, app, str(image_dir / "img0.png"), "sleep", '{"seconds": 30}')
+        await wait_until(pilot, lambda: job_state(app, job_id) == "running", 15, "job to start")
+        table = jobs_table(app)
+        table.move_cursor(row=table.get_row_index(job_id))
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "confirmation")
+        await pilot.press("y")
+        await wait_until(pilot, lambda: job_state(app, job_id) == "cancelled", 15, "job to be cancelled")
+        workers = app.worker_book.rows()
+        await wait_until(pilot, lambda: all(not w["tasks"] for w in app.worker_book.rows()), 10,
+                         f"the worker slot to free up ({workers})")
+
+
+@run_async
+async def test_retry_a_failed_job(cluster: Cluster, tmp_path: Path) -> None:
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"this is not really an image" * 10)
+    app = make_app(cluster.endpoint)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        job_id = await submit_via_dialog(pilot, app, str(bad), "rembg")
+        await wait_until(pilot, lambda: job_state(app, job_id) == "failed", 20, "job to fail")
+        table = jobs_table(app)
+        table.move_cursor(row=table.get_row_index(job_id))
+        await pilot.press("enter")
+        detail = await wait_until(pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen, 5)
+        tasks = detail.query_one(TasksTable)
+        await wait_until(pilot, lambda: tasks.tasks, 10, "the task rows")
+        (task,) = tasks.tasks.values()
+        assert task["state"] == "failed" and task["error"]
+        first_attempts = task["attempts"]
+        await pilot.press("a", "r")  # mark the failed tasks, retry them
+        await wait_until(pilot, lambda: next(iter(tasks.tasks.values()))["attempts"] > first_attempts, 20,
+                         "a second attempt")
+        await wait_until(pilot, lambda: next(iter(tasks.tasks.values()))["state"] == "failed", 20,
+                         "the retried task to fail again")
+
+
+@run_async
+async def test_real_rembg_job_with_preview(cluster: Cluster, tmp_path: Path) -> None:
+    if not model_available():
+        pytest.skip("u2netp model not provisioned in U2NET_HOME (run `make model`)")
+    try:
+        photo = sample_photo("coffee.png")
+    except ImportError:
+        pytest.skip("scikit-image (the sample photos) is not installed")
+    app = make_app(cluster.endpoint)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await connected(pilot, app)
+        job_id = await submit_via_dialog(pilot, app, str(photo), "rembg")
+        await wait_until(pilot, lambda: job_state(app, job_id) in ("done", "failed"), 90, "inference")
+        assert job_state(app, job_id) == "done"
+        table = jobs_table(app)
+        table.move_cursor(row=table.get_row_index(job_id))
+        await pilot.press("enter")
+        detail = await wait_until(pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen, 5)
+        before, after = detail.query_one("#preview-before", ImageSlot), detail.query_one("#preview-after", ImageSlot)
+        await wait_until(pilot, lambda: before.source is not None and after.source is not None, 20, "preview")
+        assert after.source.mode == "RGBA" and after.source.getextrema()[3][0] < 255  # a real cut-out
+
+
+@run_async
+async def test_killed_worker_shows_dead(tmp_path: Path) -> None:
+    c = start_cluster(tmp_path, workers=2)
+    try:
+        app = make_app(c.endpoint)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await connected(pilot, app)
+            await wait_until(pilot, lambda: app.worker_book.summary() == (2, 0), 10, "two alive workers")
+            victim = c.workers[0]
+            Cluster.kill9(victim)
+            await wait_until(pilot, lambda: app.worker_book.summary() == (1, 1), 15, "one worker dead")
+            table = app.overview.query_one(WorkersTable)
+            names = [w["name"] for w in app.worker_book.rows() if w["state"] != "alive"]
+            assert names == ["w0"]
+            row = table.get_row("w0")
+            assert "dead" in row[0].plain or "left" in row[0].plain
+            assert "1 gone" in app.overview.query_one("#workers-panel").border_title
+    finally:
+        c.stop()
+
+
+@run_async
+async def test_broker_outage_keeps_data_and_reconnects(tmp_path: Path, image_dir: Path) -> None:
+    c = start_cluster(tmp_path, workers=1)
+    try:
+        client = c.client()
+        job_id = client.submit([("a.png", png_bytes())], processor="noop")
+        app = make_app(c.endpoint)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await connected(pilot, app)
+            await wait_until(pilot, lambda: job_state(app, job_id) == "done", 15, "job done")
+            Cluster.kill9(c.broker)
+            await wait_until(pilot, lambda: app.conn.state == "down", 10, "the outage to show")
+            assert "broker unreachable" in app.overview.query_one(StatusBar).left_text().plain
+            assert job_id in jobs_table(app).jobs  # the last data stays on screen
+            c.start_broker()
+            await wait_until(pilot, lambda: app.conn.state == "connected", 15, "reconnect")
+            job2 = client.submit([("b.png", png_bytes())], processor="noop")
+            await wait_until(pilot, lambda: job_state(app, job2) == "done", 20, "events after reconnect")
+    finally:
+        c.stop()
