@@ -74,7 +74,7 @@ class JobsTable(DataTable):
     # ------------------------------------------------------------------ columns
 
     def _columns(self) -> list[tuple[str, str, int | None]]:
-        cols = [("id", "Job", 12 if self.wide else 8), ("submitted", "Submitted" if self.wide else "At", None),
+        cols = [("id", "Job", 13 if self.wide else 8), ("submitted", "Submitted" if self.wide else "At", None),
                 ("model", "Model", None if self.wide else 10),
                 ("progress", "Progress", None), ("state", "State", None), ("duration", "Time", None),
                 ("errors", "Err", None)]

@@ -124,7 +124,7 @@ class StatsPanel(Horizontal):
         spark.border_title = f"tasks/s · last {fmt.duration(secs) if secs else '2m'}"
         spark.border_subtitle = f"peak {fmt.rate(peak)}/s"
         if stats.get("paused"):
-            self.border_subtitle = "⏸ dispatch paused"
+            self.border_subtitle = "‖ dispatch paused (p resumes)"
             self.add_class("-paused")
         else:
             self.border_subtitle = ""

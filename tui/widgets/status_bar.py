@@ -44,7 +44,8 @@ class StatusBar(Widget):
         grid = Table.grid(expand=True)
         grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         grid.add_column(justify="right", no_wrap=True)
-        grid.add_row(self.left_text(), Text(fmt.clock(now, now) + " ", style="dim"))
+        right = "" if self.conn.state == "down" else fmt.clock(now, now) + " "
+        grid.add_row(self.left_text(), Text(right, style="dim"))
         return grid
 
     def left_text(self) -> Text:
@@ -63,7 +64,7 @@ class StatusBar(Widget):
             if c.retry_at is not None:
                 left.append(f" · retry in {fmt.duration(max(0.0, c.retry_at - now))}", style="#f7768e")
             if c.last_data:
-                left.append(f" · data as of {fmt.clock(c.last_data, now)}", style="#e0af68")
+                left.append(f" · data from {fmt.clock(c.last_data, now)}", style="#e0af68")
         if c.paused and c.state != "down":
-            left.append("  ⏸ dispatch paused", style="bold #e0af68")
+            left.append("  ‖ dispatch paused", style="bold #e0af68")
         return left
