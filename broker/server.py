@@ -239,7 +239,11 @@ class Broker:
         if who is None:
             # a revoked key's connection stays open at the ZeroMQ level: refuse each message
             self.refused += 1
-            self._turn.replies.append((ident, p.Reply(req=0, ok=False, error="key unknown or revoked", code="unauthorized")))
+            try:  # answer the request itself, so the client reports the refusal, not a timeout
+                req = getattr(p.decode(body), "req", 0)
+            except p.ProtocolError:
+                req = 0
+            self._turn.replies.append((ident, p.Reply(req=req, ok=False, error="key unknown or revoked", code="unauthorized")))
             return
         try:
             msg = p.decode(body)
