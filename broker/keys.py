@@ -194,6 +194,9 @@ class ZapHandler:
         self.keyring.refresh()
         key = zmq.utils.z85.encode(frames[6]).decode()
         who = self.keyring.lookup(key)
+        if who is None:  # a key added since the last (throttled) refresh must not be refused for good
+            self.keyring.reload()
+            who = self.keyring.lookup(key)
         if who is None:
             self.refused += 1
             log.warning("refused handshake from %s: unknown or revoked key %s...", address.decode(errors="replace"), key[:8])
