@@ -96,18 +96,22 @@ class KeyRing:
         self._entries: dict[str, dict] = {}
         self._mtime: float | None = None
         self._next_check = 0.0
+        self.version = 0  # bumped whenever the entries change, so the broker can re-check who is connected
         self.reload()
 
     def reload(self) -> None:
         try:
             mtime = self.path.stat().st_mtime_ns
         except FileNotFoundError:
+            if self._mtime is not None:
+                self.version += 1
             self._entries, self._mtime = {}, None
             return
         if mtime != self._mtime:
             try:
                 self._entries = json.loads(self.path.read_text())
                 self._mtime = mtime
+                self.version += 1
             except (OSError, ValueError) as e:  # keep the last good registry
                 log.error("cannot read %s: %s", self.path, e)
 

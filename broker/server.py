@@ -88,6 +88,7 @@ class Broker:
         self.keyring = KeyRing(config.data_dir, clock) if self.secure else None
         # the ZAP handler must be bound before the CURVE socket binds
         self.zap = ZapHandler(self._ctx, self.keyring) if self.keyring else None
+        self._keys_version = self.keyring.version if self.keyring else 0
         self.sock = self._make_socket()
         self._stop = False
         self._turn = _Turn()
@@ -204,6 +205,9 @@ class Broker:
                 except zmq.Again:
                     break
                 self._handle(frames)
+            if self.keyring and self.keyring.version != self._keys_version:
+                self._drop_revoked_workers()
+                self._keys_version = self.keyring.version
             self._purge_dead(now)
             self.scheduler.release_due(self.wall())
             self._dispatch()
@@ -345,6 +349,13 @@ class Broker:
                         stats_for[sub.tenant] = p.encode(p.Events(events=[{"kind": "stats", "t": self.wall(),
                                                                            **self._stats(who)}]))
                     self._send(ident, stats_for[sub.tenant])
+
+    def _drop_revoked_workers(self) -> None:
+        """A worker whose key was revoked gets nothing more; what it holds goes back to the queue."""
+        active = {e["name"] for e in self.keyring.entries() if not e.get("revoked")}
+        for w in self.registry.alive():
+            if w.user not in active:
+                self._lose_worker(w, f"its key {w.user!r} was revoked")
 
     def _purge_dead(self, now: float) -> None:
         timeout = self.config.heartbeat_interval * self.config.heartbeat_liveness
