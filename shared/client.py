@@ -153,8 +153,12 @@ class Client:
         options: dict[str, Any] | None = None,
         priority: int = 0,
         tenant: str = "default",
+        timeout: float | None = None,
     ) -> str:
-        """Submit (name, bytes) pairs as one job; returns the job id once it is durable."""
+        """Submit (name, bytes) pairs as one job; returns the job id once it is durable.
+
+        `timeout` bounds the wait for the acknowledgement (default: the client's timeout,
+        but at least 60 s, since a large upload takes a while to commit)."""
         if not files:
             raise CutqError("a job needs at least one image", code="bad_request")
         msg = p.Submit(
@@ -162,7 +166,8 @@ class Client:
             options=dict(options or {}), priority=priority, tenant=tenant,
         )
         msg.blobs = [data for _, data in files]
-        return self._request(msg, timeout=max(self.timeout, 60.0)).data["job_id"]
+        wait = max(self.timeout, 60.0) if timeout is None else timeout
+        return self._request(msg, timeout=wait).data["job_id"]
 
     def submit_paths(self, paths: Iterable[str | os.PathLike], **kwargs: Any) -> str:
         """Submit image files and directories as one job (see `submit` for options)."""
