@@ -23,6 +23,7 @@ from typing import Callable
 
 import zmq
 import zmq.auth
+import zmq.utils.monitor
 
 from broker import access
 from broker.keys import OPEN, KeyRing, Principal, ZapHandler, broker_cert_paths, curve_enabled
@@ -90,6 +91,11 @@ class Broker:
         self.zap = ZapHandler(self._ctx, self.keyring) if self.keyring else None
         self._keys_version = self.keyring.version if self.keyring else 0
         self.sock = self._make_socket()
+        # with CURVE, another key can take a worker's routing id the moment the worker's
+        # connection closes; watch connections close, so nothing more is sent to that id
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED) if self.secure else None
+        self._worker_fds: dict[int, bytes] = {}  # connection fd -> routing id of the worker last heard on it
+        self._disconnected: set[bytes] = set()  # workers whose connection closed: no dispatch until heard again
         self._stop = False
         self._turn = _Turn()
         self._handlers: dict[type, Callable] = {
@@ -172,6 +178,8 @@ class Broker:
         poller.register(self.sock, zmq.POLLIN)
         if self.zap:
             poller.register(self.zap.sock, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         self.notifier.ready()
         log.info("broker serving on %s (%s), data in %s", self.endpoint,
                  "CURVE" if self.secure else "no encryption", self.config.data_dir)
@@ -199,6 +207,9 @@ class Broker:
             self.keyring.refresh()
         now = self.clock()
         try:
+            # after zap.handle(): a connection that takes over a closed one's routing id
+            # finished its handshake after that close was reported, so it is seen here first
+            self._watch_disconnects()
             for _ in range(MAX_MESSAGES_PER_TURN):
                 try:
                     frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not self.secure)
@@ -237,7 +248,9 @@ class Broker:
             self._malformed(b"?", "no envelope")
             return
         who = self._principal(frames)
+        srcfd = None
         if self.secure:
+            srcfd = frames[1].get(zmq.SRCFD)
             frames = [f.bytes for f in frames]
         ident, body = frames[0], frames[1:]
         if who is None:
@@ -266,8 +279,12 @@ class Broker:
             if hasattr(msg, "req"):
                 self._reply_error(ident, msg, why, "forbidden")
             return
+        if srcfd is not None and type(msg) in p.WORKER_MESSAGES:
+            self._heard_worker_on(srcfd, ident, who)
         try:
             handler(ident, msg, who)
+            if srcfd is not None and isinstance(msg, p.Ready):
+                self._heard_worker_on(srcfd, ident, who)
         except (StoreError, sqlite3.Error) as e:
             if hasattr(msg, "req"):
                 self._reply_error(ident, msg, f"storage error, nothing was saved: {e}", "storage")
@@ -349,6 +366,39 @@ class Broker:
                         stats_for[sub.tenant] = p.encode(p.Events(events=[{"kind": "stats", "t": self.wall(),
                                                                            **self._stats(who)}]))
                     self._send(ident, stats_for[sub.tenant])
+
+    def _watch_disconnects(self) -> None:
+        """A worker whose connection closed takes nothing new until its own key is heard again."""
+        if self._monitor is None:
+            return
+        while True:
+            try:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = zmq.utils.monitor.parse_monitor_message(frames)
+            except Exception:  # not ours to crash on
+                continue
+            ident = self._worker_fds.pop(event["value"], None)
+            w = self.registry.get_alive(ident) if ident is not None else None
+            if w is not None and not w.draining:
+                # its routing id may be someone else's by now: dispatch nothing more to it until
+                # its own key speaks on a new connection; else the heartbeat timeout re-queues its tasks
+                log.warning("worker %s's connection closed; no dispatch to it until it is heard again", w.name)
+                w.draining = True
+                self._disconnected.add(w.ident)
+
+    def _heard_worker_on(self, fd: int, ident: bytes, who: Principal) -> None:
+        """Note the connection a worker's own key spoke on; a worker cut off by a closed connection is back."""
+        w = self.registry.get_alive(ident)
+        if w is None or w.user != who.name:
+            return
+        self._worker_fds[fd] = ident
+        if ident in self._disconnected:
+            self._disconnected.discard(ident)
+            w.draining = False
+            log.info("worker %s is back on a new connection", w.name)
 
     def _drop_revoked_workers(self) -> None:
         """A worker whose key was revoked gets nothing more; what it holds goes back to the queue."""
@@ -790,6 +840,9 @@ class Broker:
         except StoreError as e:
             log.error("final commit failed: %s", e)
         self.store.close()
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(0)
         self.sock.close(linger=500)
         if self.zap:
             self.zap.close()
