@@ -7,15 +7,18 @@ retry, fetch, pause) run in worker threads, each on its own client connection.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
+from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from shared.client import CutqError
@@ -42,10 +45,24 @@ from tui.widgets.status_bar import Connection
 log = logging.getLogger(__name__)
 
 
+def _widgets_may_be_gone(handler: Callable[..., None]) -> Callable[..., None]:
+    """Feed messages keep arriving while the app shuts down and its widgets are removed;
+    an update for a widget that is gone is dropped, not an error."""
+
+    @functools.wraps(handler)
+    def wrapper(self: "CutqApp", *args: Any) -> None:
+        try:
+            handler(self, *args)
+        except NoMatches as e:
+            log.debug("dropped an update for a removed widget: %s", e)
+
+    return wrapper
+
+
 class CutqApp(App):
     """The dashboard.  `feed` supplies the data; `clock` is wall time (frozen in tests)."""
 
-    CSS_PATH = "cutq.tcss"
+    CSS_PATH = Path(__file__).with_name("cutq.tcss")  # absolute: subclasses may live elsewhere
     TITLE = "cutq"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
@@ -62,7 +79,7 @@ class CutqApp(App):
         self.clock = clock
         self.conn = Connection(endpoint=feed.label)
         self.stats: dict[str, Any] = {}
-        self.worker_book = WorkerBook(clock)
+        self.worker_book = WorkerBook()
         self.jobs_query = JobsQuery(limit=page_size)
         self.jobs_total = 0
         self.jobs_page: list[dict] = []
@@ -91,6 +108,7 @@ class CutqApp(App):
     def detail_screens(self) -> list[JobDetailScreen]:
         return [s for s in self.screen_stack if isinstance(s, JobDetailScreen)]
 
+    @_widgets_may_be_gone
     def _tick(self) -> None:
         if self.conn.state == "connected":
             for detail in self.detail_screens():
@@ -119,6 +137,7 @@ class CutqApp(App):
             self.notify(f"Lost the broker: {message.error}. Showing the last data; reconnecting…",
                         severity="warning", timeout=5)
 
+    @_widgets_may_be_gone
     def _status_changed(self) -> None:
         if self.conn.state == "connected":
             self.loaded.add("connected")
@@ -126,22 +145,27 @@ class CutqApp(App):
             if hasattr(screen, "refresh_status"):
                 screen.refresh_status()
 
+    @_widgets_may_be_gone
     def on_stats_updated(self, message: StatsUpdated) -> None:
         self._set_stats(message.stats)
 
     def _set_stats(self, stats: dict) -> None:
         self.stats = stats
         self.loaded.add("stats")
-        self.conn.paused = bool(stats.get("paused"))
+        paused = bool(stats.get("paused"))
+        if paused != self.conn.paused:
+            self.conn.paused = paused
+            self.refresh_bindings()  # the footer's p: Pause <-> Resume
         self.conn.last_data = self.clock()
         self.overview.show_stats(stats)
-        self.refresh_bindings()
 
+    @_widgets_may_be_gone
     def on_workers_loaded(self, message: WorkersLoaded) -> None:
         self.worker_book.load(message.workers)
         self.loaded.add("workers")
         self.overview.show_workers()
 
+    @_widgets_may_be_gone
     def on_jobs_page(self, message: JobsPage) -> None:
         if message.query != self.jobs_query:
             return  # the user has moved on; the page for the new query is coming
@@ -150,15 +174,18 @@ class CutqApp(App):
         self.loaded.add("jobs")
         self.overview.show_page(message.jobs)
 
+    @_widgets_may_be_gone
     def on_job_detail(self, message: JobDetail) -> None:
         for detail in self.detail_screens():
             detail.show_detail(message.status)
 
+    @_widgets_may_be_gone
     def on_job_missing(self, message: JobMissing) -> None:
         for detail in self.detail_screens():
             if detail.job_id == message.job_id:
                 detail.missing(message.error)
 
+    @_widgets_may_be_gone
     def on_feed_batch(self, message: FeedBatch) -> None:
         started = time.perf_counter()
         try:

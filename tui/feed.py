@@ -260,8 +260,9 @@ class Feed:
         workers_due = False
         while not self._stop.is_set():
             self._serve(source)
+            # short waits: a request from the app (a page, a job) is served at the next turn
             wait = cfg.flush_interval - (time.monotonic() - last_flush) if coalescer.pending else cfg.flush_interval
-            events = source.next_events(max(0.0, wait))
+            events = source.next_events(max(0.0, min(wait, 0.05)))
             now = time.monotonic()
             if events:
                 last_event = now

@@ -9,7 +9,7 @@ events in arrival order after a snapshot always converges to the broker's state.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from shared.states import TERMINAL
 
@@ -113,24 +113,21 @@ class WorkerBook:
     """The workers table: a `workers()` snapshot kept current by task and worker events.
 
     Task events move task ids between workers (busy slots, current tasks, done and
-    failed counts); worker events mark joins and deaths.  Heartbeat ages tick from
-    the snapshot on the given clock, and reset when a worker reports a task.
+    failed counts); worker events mark joins and deaths.  Heartbeat ages come from
+    the snapshots (see `heartbeat_age`).
     """
 
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self.workers: dict[str, dict] = {}  # by name
         self._alias: dict[str, str] = {}  # worker id -> name
         self._holder: dict[int, str] = {}  # task id -> worker name
         self.stale = False  # a join we know nothing about yet: ask for a fresh snapshot
 
     def load(self, workers: list[dict]) -> None:
-        now = self.clock()
         self.workers, self._alias, self._holder = {}, {}, {}
         for w in workers:
             row = dict(w)
             name = str(row.get("name") or row.get("id"))
-            row["seen_at"] = now - float(row.get("last_seen_age") or 0.0)
             row["tasks"] = list(row.get("tasks") or [])
             self.workers[name] = row
             if row.get("id") is not None:
@@ -150,16 +147,15 @@ class WorkerBook:
     def apply(self, events: list[dict]) -> bool:
         """Apply task and worker events; return whether anything visible changed."""
         changed = False
-        now = self.clock()
         for ev in events:
             kind = ev.get("kind")
             if kind == "task":
-                changed |= self._apply_task(ev, now)
+                changed |= self._apply_task(ev)
             elif kind == "worker":
-                changed |= self._apply_worker(ev, now)
+                changed |= self._apply_worker(ev)
         return changed
 
-    def _apply_task(self, ev: dict, now: float) -> bool:
+    def _apply_task(self, ev: dict) -> bool:
         # Events may arrive coalesced (running then done merged into done), so the
         # worker credited for an outcome is the one the event names, else the holder.
         tid, state = ev.get("task_id"), ev.get("state")
@@ -179,27 +175,27 @@ class WorkerBook:
                 credit["done"] = int(credit.get("done") or 0) + 1
             else:
                 credit["failed"] = int(credit.get("failed") or 0) + 1
-            credit["seen_at"] = now
+            credit["last_seen_age"] = 0.0
             changed = True
         if state == "running" and named is not None:
             w = self.workers[named]
             w["tasks"].append(tid)
             w["busy"] = len(w["tasks"])
-            w["seen_at"] = now
+            w["last_seen_age"] = 0.0
             self._holder[tid] = named
             changed = True
         return changed
 
-    def _apply_worker(self, ev: dict, now: float) -> bool:
+    def _apply_worker(self, ev: dict) -> bool:
         name, state = str(ev.get("worker")), ev.get("state")
         w = self.workers.get(name) or self.workers.get(self._alias.get(name, ""), None)
         if state == "joined":
             if w is None:
                 self.workers[name] = {"name": name, "id": name, "host": "", "pid": None, "slots": 0, "busy": 0,
                                       "models": [], "tasks": [], "done": 0, "failed": 0, "state": "alive",
-                                      "seen_at": now, "joined": ev.get("t"), "tasks_per_s": 0.0}
+                                      "last_seen_age": 0.0, "joined": ev.get("t"), "tasks_per_s": 0.0}
             else:
-                w.update(state="alive", seen_at=now, tasks=[], busy=0)
+                w.update(state="alive", last_seen_age=0.0, tasks=[], busy=0)
             self.stale = True
             return True
         if w is None:
@@ -217,7 +213,11 @@ class WorkerBook:
         return self._name(ref) or str(ref)
 
     def heartbeat_age(self, w: dict) -> float:
-        return max(0.0, self.clock() - float(w.get("seen_at") or self.clock()))
+        """The age the broker last reported (or 0 after a task event from the worker).
+
+        Deliberately not ticked locally between snapshots: the broker declares a worker
+        dead after missed heartbeats, so a growing local guess would only cry wolf."""
+        return float(w.get("last_seen_age") or 0.0)
 
     def rows(self) -> list[dict]:
         """Alive workers first, then by name."""

@@ -194,7 +194,8 @@ class JobDetailScreen(Screen):
     def show_summary(self) -> None:
         if not self.ready:
             return
-        self.query_one("#job-summary", Static).update(summary(self.job, self.app.clock(), roomy(self)))
+        self.query_one("#job-summary", Static).update(summary(self.job, self.app.clock(), roomy(self)),
+                                                     layout=False)  # fixed height
 
     def _tasks_title(self) -> None:
         table = self.query_one(TasksTable)

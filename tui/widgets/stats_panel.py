@@ -111,11 +111,11 @@ class StatsPanel(Horizontal):
         self.stats = stats
         text = self.query_one("#stats-text", Static)
         if roomy(self):
-            text.update(wide_table(stats))
+            text.update(wide_table(stats), layout=False)  # fixed size: skip relayout
         else:
             narrow = self.size.width < 100
             lines = Text("\n", no_wrap=True, overflow="ellipsis")
-            text.update(lines.join([counts_line(stats, narrow), rates_line(stats, narrow)]))
+            text.update(lines.join([counts_line(stats, narrow), rates_line(stats, narrow)]), layout=False)
         spark = self.query_one(Sparkline)
         history = [float(v) for v in (stats.get("history") or [])]
         spark.data = tuple(history)

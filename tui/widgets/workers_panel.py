@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from tui import fmt
 from tui.model import WorkerBook
@@ -14,6 +16,10 @@ COLUMNS = (
     ("name", "Worker"), ("slots", "Slots"), ("hb", "Beat"), ("done", "Done"), ("failed", "Fail"),
     ("rate", "Rate/s"), ("host", "Host"), ("pid", "PID"), ("models", "Models"), ("tasks", "Current tasks"),
 )
+
+
+def cell_width(value: object) -> int:
+    return value.cell_len if isinstance(value, Text) else cell_len(str(value))
 
 
 def worker_cells(w: dict, age: float) -> tuple:
@@ -74,7 +80,9 @@ class WorkersTable(DataTable):
             if new != old:
                 for i, key in enumerate(keys):
                     if old is None or old[i] != new[i]:
-                        self.update_cell(name, key, new[i], update_width=key in ("models", "tasks", "host"))
+                        # widening a column relayouts the screen: only when the text no longer fits
+                        wider = cell_width(new[i]) > self.columns[ColumnKey(key)].content_width
+                        self.update_cell(name, key, new[i], update_width=wider)
                 self._cells[name] = new
 
     @property
