@@ -348,6 +348,8 @@ class CutqApp(App):
             yield SystemCommand("Cancel tasks", "The marked tasks, or the whole job (c)", screen.action_cancel)
             yield SystemCommand("Retry tasks", "The marked tasks, or every failed one (r)", screen.action_retry)
             yield SystemCommand("Mark failed tasks", "Mark every failed task (a)", screen.action_mark_failed)
+            yield SystemCommand("Filter tasks", "Cycle: all, failed, running, queued, done, cancelled (t)",
+                                screen.action_cycle_filter)
             yield SystemCommand("Fetch results", "Write this job's results to a folder (f)", screen.action_fetch)
             yield SystemCommand("Toggle preview", "Show or hide the before/after preview (v)",
                                 screen.action_toggle_preview)

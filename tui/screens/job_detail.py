@@ -20,7 +20,7 @@ from shared.client import CutqError
 from shared.states import TERMINAL
 from tui import fmt
 from tui.model import TaskBook, merge_job
-from tui.widgets.jobs_table import model_label
+from tui.widgets.jobs_table import PageRequest, model_label
 from tui.widgets.preview import TaskPreview, decode
 from tui.widgets.stats_panel import roomy
 from tui.widgets.status_bar import StatusBar
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from tui.app import CutqApp
 
 PREVIEW_CACHE = 24
+TASK_PAGE = 500  # rows in the tasks table at once; a job may have 10,000 tasks
+TASK_FILTERS: tuple[str | None, ...] = (None, "failed", "running", "queued", "done", "cancelled")
 
 
 def options_text(job: dict) -> str:
@@ -88,12 +90,17 @@ class JobDetailScreen(Screen):
         Binding("space", "mark", "Mark", key_display="␣"),
         Binding("a", "mark_failed", "Mark failed", show=False),
         Binding("v", "toggle_preview", "Preview"),
+        Binding("t", "cycle_filter", "Filter", show=False),
+        Binding("right_square_bracket", "page(1)", "Next page", show=False),
+        Binding("left_square_bracket", "page(-1)", "Previous page", show=False),
     ]
 
     def __init__(self, job: dict) -> None:
         super().__init__(id="detail")
         self.job = dict(job)
         self.book: TaskBook | None = None
+        self.task_filter: str | None = None
+        self.task_offset = 0
         self._preview_timer: Timer | None = None
         self._cache: OrderedDict[tuple, tuple] = OrderedDict()
         self.ready = False  # feed messages can arrive before the widgets exist
@@ -136,12 +143,23 @@ class JobDetailScreen(Screen):
             return
         self.book = TaskBook(status)
         self.job = dict(self.book.job)
-        table = self.query_one(TasksTable)
-        table.show(self.book.tasks)
+        self.show_tasks()
         self.show_summary()
-        self._tasks_title()
-        if table.selected_task is not None:
+        if self.query_one(TasksTable).selected_task is not None:
             self._schedule_preview()
+
+    def _filtered(self) -> list[int]:
+        assert self.book is not None
+        return self.book.ids(None if self.task_filter is None else {self.task_filter})
+
+    def show_tasks(self) -> None:
+        """Put the current page of (filtered) tasks in the table."""
+        if self.book is None:
+            return
+        ids = self._filtered()
+        self.task_offset = min(self.task_offset, max(0, (len(ids) - 1) // TASK_PAGE * TASK_PAGE))
+        self.query_one(TasksTable).show(self.book.tasks, ids[self.task_offset:self.task_offset + TASK_PAGE])
+        self._tasks_title()
 
     def missing(self, error: str) -> None:
         if not self.ready:
@@ -199,10 +217,17 @@ class JobDetailScreen(Screen):
 
     def _tasks_title(self) -> None:
         table = self.query_one(TasksTable)
-        title = f"Tasks · {len(table.tasks)}"
+        total = len(self._filtered()) if self.book is not None else 0
+        title = f"Tasks · {self.task_filter or 'all'}"
+        if total > TASK_PAGE:
+            title += f" · {self.task_offset + 1:,}–{self.task_offset + len(table.shown):,} of {total:,}"
+        else:
+            title += f" · {total:,}"
         if table.marked:
             title += f" · {len(table.marked)} marked"
-        self.query_one("#tasks").border_title = title
+        panel = self.query_one("#tasks")
+        panel.border_title = title
+        panel.border_subtitle = "␣ mark  a mark failed  t filter  [ ] page" if roomy(self) else ""
 
     # ------------------------------------------------------------------ preview
 
@@ -296,6 +321,27 @@ class JobDetailScreen(Screen):
         table = self.query_one(TasksTable)
         table.mark([tid for tid, t in table.tasks.items() if t.get("state") == "failed"])
         self._tasks_title()
+
+    @on(PageRequest)
+    def _page_request(self, event: PageRequest) -> None:
+        event.stop()
+        self.action_page(event.delta, land="top" if event.delta > 0 else "bottom")
+
+    def action_page(self, delta: int, land: str = "top") -> None:
+        if self.book is None:
+            return
+        total = len(self._filtered())
+        offset = min(max(0, self.task_offset + delta * TASK_PAGE), max(0, (total - 1) // TASK_PAGE * TASK_PAGE))
+        if offset != self.task_offset:
+            self.task_offset = offset
+            self.query_one(TasksTable).land = land
+            self.show_tasks()
+
+    def action_cycle_filter(self) -> None:
+        self.task_filter = TASK_FILTERS[(TASK_FILTERS.index(self.task_filter) + 1) % len(TASK_FILTERS)]
+        self.task_offset = 0
+        self.query_one(TasksTable).land = "top"
+        self.show_tasks()
 
     def action_toggle_preview(self) -> None:
         preview = self.query_one(TaskPreview)

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from tui import fmt
+from tui.widgets.jobs_table import PageRequest
 
 COLUMNS = (
     ("mark", " "), ("name", "File"), ("state", "State"), ("attempts", "Try"), ("duration", "Time"),
@@ -38,7 +39,10 @@ def task_cells(task: dict, marked: bool, now: float, progress: dict | None = Non
 
 
 class TasksTable(DataTable):
-    """One row per task (key: task id); `marked` tasks are the target of cancel/retry."""
+    """One page of a job's tasks (key: task id); `marked` tasks are the target of cancel/retry.
+
+    A job may have thousands of tasks: the screen shows them a page at a time, and
+    moving past the last (first) row asks for the next (previous) page."""
 
     def __init__(self, clock: Callable[[], float], names: Callable[[Any], str] | None = None,
                  **kwargs: Any) -> None:
@@ -49,24 +53,43 @@ class TasksTable(DataTable):
         self.marked: set[int] = set()
         self.progress: dict[int, dict] = {}
         self._cells: dict[int, tuple] = {}
+        self.shown: list[int] = []
+        self.land: str | None = None
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
             self.add_column(label, key=key, width=24 if key == "name" else None)
 
-    def show(self, tasks: dict[int, dict]) -> None:
-        keep = self.selected_task
+    def show(self, tasks: dict[int, dict], ids: list[int]) -> None:
+        """Show the rows `ids` of `tasks` (all of the job's tasks, by id)."""
+        keep = None if self.land else self.selected_task
         self.tasks = tasks
+        self.shown = ids
         self.marked &= set(tasks)
         self.clear()
         now = self.clock()
         self._cells = {}
-        for tid, task in tasks.items():
-            cells = task_cells(task, tid in self.marked, now, self.progress.get(tid), self.names)
+        for tid in ids:
+            cells = task_cells(tasks[tid], tid in self.marked, now, self.progress.get(tid), self.names)
             self._cells[tid] = cells
             self.add_row(*cells, key=str(tid))
-        if keep is not None and keep["task_id"] in tasks:
+        if keep is not None and keep["task_id"] in self._cells:
             self.move_cursor(row=self.get_row_index(str(keep["task_id"])), animate=False)
+        elif self.land and self.row_count:
+            self.move_cursor(row=0 if self.land == "top" else self.row_count - 1, animate=False)
+        self.land = None
+
+    def action_cursor_down(self) -> None:
+        if self.row_count and self.cursor_row >= self.row_count - 1:
+            self.post_message(PageRequest(1))
+            return
+        super().action_cursor_down()
+
+    def action_cursor_up(self) -> None:
+        if self.row_count and self.cursor_row <= 0:
+            self.post_message(PageRequest(-1))
+            return
+        super().action_cursor_up()
 
     @property
     def selected_task(self) -> dict | None:
@@ -83,7 +106,7 @@ class TasksTable(DataTable):
         keys = [k for k, _ in COLUMNS]
         for tid in ids:
             task = self.tasks.get(tid)
-            if task is None:
+            if task is None or tid not in self._cells:
                 continue
             new = task_cells(task, tid in self.marked, now, self.progress.get(tid), self.names)
             old = self._cells.get(tid)
@@ -95,7 +118,7 @@ class TasksTable(DataTable):
                     self.update_cell(str(tid), key, new[i])
 
     def tick(self) -> None:
-        self.update_tasks([tid for tid, t in self.tasks.items() if t.get("state") == "running"])
+        self.update_tasks([tid for tid in self.shown if self.tasks[tid].get("state") == "running"])
 
     def toggle_mark(self) -> None:
         task = self.selected_task
@@ -108,4 +131,4 @@ class TasksTable(DataTable):
 
     def mark(self, ids: list[int]) -> None:
         self.marked = set(ids)
-        self.update_tasks(list(self.tasks))
+        self.update_tasks(self.shown)
