@@ -60,7 +60,7 @@ class JobsTable(DataTable):
     next page (and past the first, the previous), so paging feels like scrolling."""
 
     def __init__(self, clock: Callable[[], float], **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=True, cursor_foreground_priority="renderable", **kwargs)
         self.clock = clock
         self.jobs: dict[str, dict] = {}
         self.sort_by: str | None = None

@@ -46,7 +46,7 @@ class TasksTable(DataTable):
 
     def __init__(self, clock: Callable[[], float], names: Callable[[Any], str] | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=True, cursor_foreground_priority="renderable", **kwargs)
         self.clock = clock
         self.names = names or (lambda ref: str(ref or "–"))
         self.tasks: dict[int, dict] = {}

@@ -52,7 +52,7 @@ class WorkersTable(DataTable):
     """Renders a WorkerBook; the row key is the worker name."""
 
     def __init__(self, book: WorkerBook, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=True, cursor_foreground_priority="renderable", **kwargs)
         self.book = book
         self._cells: dict[str, tuple] = {}
         self._order: list[str] = []

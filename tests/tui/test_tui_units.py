@@ -1,0 +1,345 @@
+"""Unit tests of the dashboard's pure parts: formatting, models, coalescing, the feed
+thread (over fixed data), path completion and the submit form's parsing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import REPO
+from tests.tui.helpers import NOW
+from tui import fmt
+from tui.feed import Coalescer, Feed, FeedConfig
+from tui.memory import MemorySource, memory_feed, sample_dataset
+from tui.messages import Connected, Disconnected, FeedBatch, JobDetail, JobMissing, JobsPage, StatsUpdated
+from tui.model import JobsQuery, TaskBook, WorkerBook, merge_job, merge_task
+from tui.screens.paths import complete_path, count_images
+from tui.screens.submit import parse_color, split_paths
+from tui.widgets.sparkline import bar_columns, bar_rows
+
+# ---------------------------------------------------------------- fmt
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (None, "–"), (0.42, "0.4s"), (12.4, "12s"), (75, "1m15s"), (7260, "2h01m"), (200_000, "2d07h"), (-3, "0.0s"),
+])
+def test_duration(seconds, text) -> None:
+    assert fmt.duration(seconds) == text
+
+
+@pytest.mark.parametrize(("n", "text"), [(None, "–"), (999, "999"), (12_345, "12.3k"), (100_000, "100k"),
+                                         (4_500_000, "4.5M")])
+def test_compact(n, text) -> None:
+    assert fmt.compact(n) == text
+
+
+def test_progress_bar_keeps_a_single_failure_visible() -> None:
+    job = {"total": 1000, "done": 999, "failed": 1, "cancelled": 0, "running": 0}
+    bar = fmt.progress_bar(job, width=10)
+    assert bar.plain == "━" * 10 + " 1000/1000"
+    colours = {str(span.style) for span in bar.spans}
+    assert fmt.BAR_FAILED in colours and fmt.BAR_DONE in colours
+
+
+def test_progress_bar_of_an_empty_job() -> None:
+    assert fmt.progress_bar({"total": 0}, width=4).plain == "━━━━ 0/0"
+
+
+def test_job_duration_runs_until_finished() -> None:
+    assert fmt.job_duration({"created": 100.0, "state": "running"}, now=130.0) == 30.0
+    assert fmt.job_duration({"created": 100.0, "state": "done", "finished": 110.0}, now=130.0) == 10.0
+
+
+# ---------------------------------------------------------------- sparkline
+
+
+def test_sparkline_right_aligns_short_history_and_keeps_zero_baseline() -> None:
+    cols = bar_columns([0, 4, 8], 5)
+    assert cols == [-1, -1, 0, 4, 8]
+    (row,) = bar_rows(cols, 1, peak=8)
+    assert row == "  ▁▄█"
+
+
+def test_sparkline_resamples_long_history_by_mean() -> None:
+    assert bar_columns([1, 3, 5, 7], 2) == [2, 6]
+
+
+def test_sparkline_two_rows() -> None:
+    top, bottom = bar_rows([8.0, 4.0], 2, peak=8)
+    assert (top, bottom) == ("█ ", "██")
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_merge_job_sets_and_clears_finish_time() -> None:
+    job = {"job_id": "a", "state": "running", "total": 2, "done": 1, "finished": None}
+    done = merge_job(job, {"kind": "job", "job_id": "a", "state": "done", "done": 2, "t": 50.0})
+    assert done["finished"] == 50.0 and done["done"] == 2
+    again = merge_job(done, {"kind": "job", "job_id": "a", "state": "queued", "t": 60.0})
+    assert again["finished"] is None
+
+
+def test_merge_task_tracks_attempts_and_times() -> None:
+    task = {"task_id": 1, "state": "queued", "attempts": 0}
+    running = merge_task(task, {"state": "running", "worker": "w1", "attempt": 1, "t": 10.0})
+    assert (running["started"], running["worker"], running["attempts"]) == (10.0, "w1", 1)
+    failed = merge_task(running, {"state": "failed", "error": "boom", "attempt": 1, "t": 12.0})
+    assert (failed["finished"], failed["error"]) == (12.0, "boom")
+
+
+def test_task_book_applies_only_its_job() -> None:
+    book = TaskBook({"job_id": "a", "state": "queued", "tasks": [{"task_id": 1, "state": "queued"}]})
+    changed = book.apply([
+        {"kind": "task", "job_id": "b", "task_id": 1, "state": "done"},
+        {"kind": "task", "job_id": "a", "task_id": 1, "state": "running", "t": 1.0},
+        {"kind": "job", "job_id": "a", "state": "running", "running": 1},
+    ])
+    assert changed == {1}
+    assert book.tasks[1]["state"] == "running" and book.job["state"] == "running"
+
+
+def test_jobs_query_paging_is_clamped() -> None:
+    q = JobsQuery(limit=100)
+    assert q.page(1, total=250).offset == 100
+    assert q.page(5, total=250).offset == 200
+    assert q.page(-1, total=250).offset == 0
+
+
+def test_new_jobs_only_reload_the_first_unfiltered_page() -> None:
+    job = {"job_id": "abc", "state": "queued"}
+    assert JobsQuery().matches_new_job(job)
+    assert not JobsQuery(offset=100).matches_new_job(job)
+    assert not JobsQuery(state="failed").matches_new_job(job)
+    assert JobsQuery(search="ab").matches_new_job(job)
+
+
+def worker(name: str, **kw) -> dict:
+    return {"id": f"id-{name}", "name": name, "slots": 2, "busy": 0, "tasks": [], "done": 0, "failed": 0,
+            "state": "alive", "last_seen_age": 0.5, **kw}
+
+
+def test_worker_book_moves_tasks_between_workers() -> None:
+    book = WorkerBook()
+    book.load([worker("a"), worker("b")])
+    book.apply([{"kind": "task", "task_id": 7, "state": "running", "worker": "id-a"}])  # by id
+    assert book.workers["a"]["tasks"] == [7] and book.workers["a"]["busy"] == 1
+    book.apply([{"kind": "task", "task_id": 7, "state": "done", "worker": "id-a"}])
+    assert book.workers["a"]["tasks"] == [] and book.workers["a"]["done"] == 1
+
+
+def test_worker_book_credits_coalesced_outcomes() -> None:
+    """running+done merged into one done event still counts for the worker named."""
+    book = WorkerBook()
+    book.load([worker("a")])
+    book.apply([{"kind": "task", "task_id": 9, "state": "done", "worker": "a"},
+                {"kind": "task", "task_id": 10, "state": "failed", "worker": "a"}])
+    assert (book.workers["a"]["done"], book.workers["a"]["failed"]) == (1, 1)
+
+
+def test_worker_book_death_and_join() -> None:
+    book = WorkerBook()
+    book.load([worker("a", tasks=[1, 2], busy=2)])
+    book.apply([{"kind": "worker", "worker": "a", "state": "dead"}])
+    assert book.workers["a"]["state"] == "dead" and book.workers["a"]["tasks"] == []
+    assert book.summary() == (0, 1)
+    book.apply([{"kind": "worker", "worker": "c", "state": "joined"}])
+    assert book.summary() == (1, 1) and book.stale
+    assert [w["name"] for w in book.rows()] == ["c", "a"]  # alive first
+
+
+# ---------------------------------------------------------------- coalescing
+
+
+def test_coalescer_keeps_the_latest_state_per_entity_in_order() -> None:
+    c = Coalescer()
+    c.add([
+        {"kind": "task", "task_id": 1, "state": "running"},
+        {"kind": "task", "task_id": 2, "state": "running"},
+        {"kind": "task", "task_id": 1, "state": "done"},
+        {"kind": "job", "job_id": "j", "done": 1},
+        {"kind": "job", "job_id": "j", "done": 2},
+        {"kind": "worker", "worker": "w", "state": "dead"},
+        {"kind": "worker", "worker": "w", "state": "joined"},
+        {"kind": "stats", "queued": 1},
+        {"kind": "stats", "queued": 0},
+        {"kind": "mystery"},
+    ])
+    batch = c.take()
+    assert [(e.get("task_id"), e["state"]) for e in batch.events] == [
+        (2, "running"), (1, "done"), (None, "dead"), (None, "joined")]
+    assert batch.jobs["j"]["done"] == 2
+    assert batch.stats == {"kind": "stats", "queued": 0}
+    assert (batch.received, batch.dropped) == (10, 3)
+    assert not c.pending
+
+
+# ---------------------------------------------------------------- the feed thread
+
+
+class Recorder:
+    """Collects what the feed posts; waits for a kind of message."""
+
+    def __init__(self) -> None:
+        self.messages: list = []
+        self.cond = threading.Condition()
+
+    def __call__(self, message) -> None:
+        with self.cond:
+            self.messages.append(message)
+            self.cond.notify_all()
+
+    def wait(self, kind: type, timeout: float = 5.0, where=lambda m: True):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [m for m in self.messages if isinstance(m, kind) and where(m)]
+                if found:
+                    return found[-1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {kind.__name__} within {timeout}s: {self.messages[-5:]}")
+                self.cond.wait(left)
+
+
+FASTCFG = FeedConfig(flush_interval=0.02, silence_probe=60, backoff_initial=0.05, backoff_max=0.1,
+                     workers_resync=0, jobs_reload_min=0.05)
+
+
+@pytest.fixture
+def fed():
+    source = MemorySource(sample_dataset(NOW, jobs=300), clock=lambda: NOW)
+    feed = memory_feed(source, FASTCFG)
+    rec = Recorder()
+    feed.start(rec)
+    yield source, feed, rec
+    feed.stop()
+
+
+def test_feed_loads_then_pages_and_filters(fed) -> None:
+    source, feed, rec = fed
+    rec.wait(Connected)
+    assert isinstance(rec.wait(StatsUpdated), StatsUpdated)
+    first = rec.wait(JobsPage)
+    assert first.total == 300 and len(first.jobs) == 100
+    feed.query_jobs(JobsQuery(state="failed", limit=100))
+    page = rec.wait(JobsPage, where=lambda m: m.query.state == "failed")
+    assert page.jobs and all(j["state"] == "failed" for j in page.jobs)
+
+
+def test_feed_watches_a_job_and_reports_missing_ones(fed) -> None:
+    source, feed, rec = fed
+    rec.wait(Connected)
+    job_id = source.data.jobs[0]["job_id"]
+    feed.watch_job(job_id)
+    detail = rec.wait(JobDetail)
+    assert detail.status["job_id"] == job_id and len(detail.status["tasks"]) == detail.status["total"]
+    feed.watch_job("nope")
+    assert rec.wait(JobMissing).job_id == "nope"
+
+
+def test_feed_batches_wait_for_the_app(fed) -> None:
+    """A new batch is posted only after the previous one was acknowledged."""
+    source, feed, rec = fed
+    rec.wait(Connected)
+    job = source.data.jobs[0]
+    for i in range(5):
+        source.push([{"kind": "job", "t": NOW, **job, "done": i}])
+        time.sleep(0.05)
+    first = rec.wait(FeedBatch)
+    time.sleep(0.2)
+    assert sum(isinstance(m, FeedBatch) for m in rec.messages) == 1  # not acked yet: held back
+    feed.ack()
+    rec.wait(FeedBatch, where=lambda m: m is not first)
+    merged = [m for m in rec.messages if isinstance(m, FeedBatch)]
+    assert merged[-1].jobs[job["job_id"]]["done"] == 4  # the held-back updates, merged
+
+
+def test_feed_reports_an_outage_and_recovers(fed) -> None:
+    source, feed, rec = fed
+    rec.wait(Connected)
+    source.down = True
+    source.push([{"kind": "stats", "t": NOW}])  # wake the waiting feed
+    down = rec.wait(Disconnected)
+    assert "no reply" in down.error and down.retry_in > 0
+    rec.messages.clear()
+    source.down = False
+    rec.wait(Connected, timeout=5)
+    rec.wait(JobsPage)  # everything reloaded after the outage
+
+
+def test_feed_reloads_the_first_page_when_a_job_is_submitted(fed, tmp_path: Path) -> None:
+    source, feed, rec = fed
+    rec.wait(JobsPage)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG....")
+    job_id = source.submit_paths([str(tmp_path / "a.png")], processor="noop")
+    page = rec.wait(JobsPage, where=lambda m: any(j["job_id"] == job_id for j in m.jobs))
+    assert page.jobs[0]["job_id"] == job_id and page.total == 301
+
+
+def test_feed_action_calls_run_on_their_own_connection() -> None:
+    opened = []
+
+    class Source(MemorySource):
+        def connect(self, timeout: float = 0.0):
+            opened.append(timeout)
+            return self
+
+    source = Source(sample_dataset(NOW, jobs=3), clock=lambda: NOW)
+    feed = Feed(source.connect, label="x", config=FeedConfig(action_timeout=7.0))
+    assert feed.call("pause", True) == {"paused": True}
+    assert opened == [7.0]
+
+
+# ---------------------------------------------------------------- dialogs' helpers
+
+
+def test_path_completion(tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden").mkdir()
+    base = str(tmp_path)
+    assert complete_path(base + "/ph") == base + "/photos/"
+    assert complete_path(base + "/photos/") == base + "/photos/cat.jpg"
+    assert complete_path(base + "/no") is None  # not an image
+    assert complete_path(base + "/ph", dirs_only=True) == base + "/photos/"
+    assert complete_path(base + "/.h") == base + "/.hidden/"
+    assert complete_path(base + "/photos/cat.jpg") is None
+    assert count_images(base + "/photos") == (1, "1 image in this folder")
+    assert count_images(base + "/missing")[0] == 0
+
+
+@pytest.mark.parametrize(("text", "rgba"), [
+    ("", None), ("none", None), ("#ff8800", [255, 136, 0, 255]), ("#ff880080", [255, 136, 0, 128]),
+    ("1, 2, 3", [1, 2, 3, 255]), ("1,2,3,4", [1, 2, 3, 4]),
+])
+def test_parse_color(text, rgba) -> None:
+    assert parse_color(text) == rgba
+
+
+@pytest.mark.parametrize("bad", ["#ff88", "red", "1,2", "1,2,300"])
+def test_parse_color_refuses(bad) -> None:
+    with pytest.raises(ValueError):
+        parse_color(bad)
+
+
+def test_split_paths_quotes_and_home() -> None:
+    assert split_paths('a "b c" ~/d') == ["a", "b c", str(Path.home() / "d")]
+
+
+# ---------------------------------------------------------------- import hygiene
+
+
+def test_tui_never_imports_the_broker_worker_or_rembg() -> None:
+    code = ("import sys, tui.app, tui.memory, tui.__main__; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('broker', 'worker', 'rembg', 'onnxruntime')); "
+            "print(','.join(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
