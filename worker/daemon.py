@@ -89,8 +89,11 @@ class WorkerDaemon:
             self.credentials.apply(s)
         s.connect(self.config.connect)
         self.sock = s
-        self._last_heard = self.clock()
         self._announce()
+        # silence counts from the announce on: building it (the providers import onnxruntime)
+        # can outlast the liveness window on a busy machine, and a reconnect then costs every
+        # task the broker has just sent a worker death
+        self._last_heard = self.clock()
 
     def _announce(self) -> None:
         held = [[t["task_id"], t["attempt"]] for t in self._held()]
