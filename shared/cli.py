@@ -74,6 +74,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     from tui.app import run
 
+    # the dashboard's clients take their CURVE keys from the environment: hand the flags on
+    for var, value in (("CUTQ_KEY", args.key), ("CUTQ_SERVER_KEY", args.server_key)):
+        if value:
+            os.environ[var] = value
     run(args.connect)
     return 0
 
