@@ -433,7 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
     tn = sub.add_parser("tenants", help="tenants: shares, limits and counts")
     tn.add_argument("--json", action="store_true")
     tsub = tn.add_subparsers(dest="tenants_command", metavar="ACTION")
-    ts = tsub.add_parser("set", help="set a tenant's weight and limits (admin)")
+    # `set` also takes the global flags after its own (`tenants set A --weight 3 --connect X`);
+    # SUPPRESS keeps one given before `set` from being reset to its default
+    late = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in common._actions:
+        late.add_argument(*action.option_strings, dest=action.dest, action=type(action), help=action.help,
+                          **({"type": action.type} if action.type else {}))
+    late.add_argument("--json", action="store_true")
+    ts = tsub.add_parser("set", parents=[late], help="set a tenant's weight and limits (admin)")
     ts.add_argument("tenant")
     ts.add_argument("--weight", type=float, help="share of the workers relative to other tenants")
     ts.add_argument("--max-running", type=int, help="most tasks running at once (0: no cap)")
