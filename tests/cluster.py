@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from shared.client import BrokerUnavailable, Client
+from shared.security import Credentials
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,6 +55,7 @@ class Cluster:
         self.broker: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
         self._clients: list[Client] = []
+        self.credentials: Credentials | None = None  # with CURVE on: the key client() connects with
         self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
@@ -86,8 +88,8 @@ class Cluster:
         return wait_for(lambda: (ws := [w for w in c.workers() if w["state"] == "alive"]) and len(ws) >= n and ws,
                         timeout, what=f"{n} workers")
 
-    def client(self, timeout: float = 10.0) -> Client:
-        c = Client(self.endpoint, timeout=timeout)
+    def client(self, timeout: float = 10.0, credentials: Credentials | None = None) -> Client:
+        c = Client(self.endpoint, timeout=timeout, credentials=credentials or self.credentials)
         self._clients.append(c)
         return c
 
