@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
 from shared.client import CutqError
+from shared.options import REMBG_DEFAULTS
 from shared.states import TERMINAL
 from tui import fmt
 from tui.model import TaskBook, merge_job
@@ -35,20 +36,25 @@ TASK_FILTERS: tuple[str | None, ...] = (None, "failed", "running", "queued", "do
 
 
 def options_text(job: dict) -> str:
-    """'u2netp · png · alpha matting · bg #ffffff' from a job's processor and options."""
+    """'u2netp · png · alpha matting (fg 240 bg 10 erode 10) · bg #ffffff' from a job's options;
+    rembg settings left at their defaults are not repeated."""
     opts = job.get("options") or {}
     parts = [model_label(job)]
     if job.get("processor", "rembg") == "rembg":
         parts.append(str(opts.get("format") or "png"))
-        for key, label in (("alpha_matting", "alpha matting"), ("only_mask", "mask only"),
-                           ("post_process_mask", "post-process")):
+        if opts.get("alpha_matting"):
+            tuned = [(label, opts.get(key)) for key, label in (
+                ("alpha_matting_foreground_threshold", "fg"), ("alpha_matting_background_threshold", "bg"),
+                ("alpha_matting_erode_size", "erode")) if opts.get(key) not in (None, REMBG_DEFAULTS[key])]
+            parts.append("alpha matting" + (f" ({' '.join(f'{k} {v}' for k, v in tuned)})" if tuned else ""))
+        for key, label in (("only_mask", "mask only"), ("post_process_mask", "post-process")):
             if opts.get(key):
                 parts.append(label)
         if opts.get("bgcolor"):
-            parts.append("bg #" + "".join(f"{int(c):02x}" for c in opts["bgcolor"][:3]))
-    extra = {k: v for k, v in opts.items()
-             if k not in ("model", "format", "alpha_matting", "only_mask", "post_process_mask", "bgcolor")}
-    parts += [f"{k}={v}" for k, v in extra.items()]
+            rgba = [int(c) for c in opts["bgcolor"]]
+            parts.append("bg #" + "".join(f"{c:02x}" for c in (rgba[:3] if rgba[3:] in ([], [255]) else rgba)))
+    known = set(REMBG_DEFAULTS) if job.get("processor", "rembg") == "rembg" else {"model", "format"}
+    parts += [f"{k}={v}" for k, v in opts.items() if k not in known]
     return " · ".join(parts)
 
 
@@ -206,7 +212,7 @@ class JobDetailScreen(Screen):
     def refresh_status(self) -> None:
         if not self.ready:
             return
-        self.query_one(StatusBar).refresh()
+        self.query_one(StatusBar).sync()
         self.set_class(self.app.conn.state == "down", "-stale")
 
     def show_summary(self) -> None:

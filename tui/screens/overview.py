@@ -109,7 +109,7 @@ class OverviewScreen(Screen):
     def refresh_status(self) -> None:
         if not self.ready:
             return
-        self.query_one(StatusBar).refresh()
+        self.query_one(StatusBar).sync()
         self.set_class(self.app.conn.state == "down", "-stale")
 
     def refresh_jobs_title(self) -> None:

@@ -38,9 +38,16 @@ class StatusBar(Widget):
         self.clock = clock
         self.crumb = ""
 
+    def sync(self) -> None:
+        """Redraw after the connection changed (the class first: render must not restyle)."""
+        self.set_class(self.conn.state == "down", "-down")
+        self.refresh()
+
+    def on_mount(self) -> None:
+        self.set_class(self.conn.state == "down", "-down")
+
     def render(self) -> Table:
         now = self.clock()
-        self.set_class(self.conn.state == "down", "-down")
         grid = Table.grid(expand=True)
         grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
         grid.add_column(justify="right", no_wrap=True)
