@@ -274,6 +274,9 @@ class CutqApp(App):
         if task_ids is not None and not task_ids:
             self.notify("None of the marked tasks has failed or was cancelled.", severity="warning")
             return
+        if task_ids is None and not int(job.get("failed") or 0) + int(job.get("cancelled") or 0):
+            self.notify(f"Job {jid} has no failed or cancelled tasks to retry.", severity="warning")
+            return
         self._call("retry", jid, task_ids, done=lambda r: f"Re-queued {r.get('requeued', 0)} task(s) of job {jid}")
 
     def fetch_job(self, job: dict) -> None:

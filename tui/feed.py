@@ -153,6 +153,7 @@ class Feed:
         self._loaded_query: JobsQuery | None = None
         self._loaded_watch: str | None = None
         self._page_ids: set[str] = set()
+        self._page_floor = 0.0  # creation time a job needs to make it onto a full first page
         self._backoff = self.config.backoff_initial
         self._outage_since: float | None = None
         self._reload_floor = 0.0
@@ -306,8 +307,8 @@ class Feed:
                 if jid in self._page_ids:
                     if query.state and ev.get("state") != query.state:
                         reload_jobs = True
-                elif query.matches_new_job(ev):
-                    reload_jobs = True
+                elif query.matches_new_job(ev) and (ev.get("created") or 0) >= self._page_floor:
+                    reload_jobs = True  # newer than the page's oldest row: it belongs on the page
             elif kind == "worker":
                 workers = True
         return reload_jobs, workers
@@ -346,6 +347,8 @@ class Feed:
             page = {"jobs": [], "total": 0}
         jobs = list(page.get("jobs") or [])
         self._page_ids = {j["job_id"] for j in jobs}
+        full = len(jobs) >= query.limit
+        self._page_floor = min((j.get("created") or 0.0) for j in jobs) if full and jobs else 0.0
         with self._lock:
             self._loaded_query = query
         self._post(JobsPage(query, jobs, int(page.get("total") or 0)))

@@ -343,3 +343,18 @@ def test_tui_never_imports_the_broker_worker_or_rembg() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_feed_ignores_events_of_older_jobs_off_the_page() -> None:
+    source = MemorySource(sample_dataset(NOW, jobs=300), clock=lambda: NOW)
+    feed = memory_feed(source, FASTCFG)
+    rec = Recorder()
+    feed.start(rec)
+    try:
+        rec.wait(JobsPage)
+        old = source.data.jobs[250]  # page 3 of 3: not shown
+        source.push([{"kind": "job", "t": NOW, **old, "done": 0}])
+        time.sleep(0.3)
+        assert sum(isinstance(m, JobsPage) for m in rec.messages) == 1
+    finally:
+        feed.stop()

@@ -44,7 +44,9 @@ def detect_graphics(force: str | None = None) -> str:
         return force
     if _graphics is None:
         try:
-            from textual_image import renderable  # the import queries the terminal
+            # Both imports query the terminal (graphics support, cell size in pixels):
+            # after Textual starts, its input thread would swallow the answers.
+            from textual_image import renderable, widget  # noqa: F401
 
             name = renderable.Image.__module__.rsplit(".", 1)[-1]
             _graphics = name if name in ("tgp", "sixel") else "halfcell"
