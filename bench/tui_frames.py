@@ -36,8 +36,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from shared.client import Client  # noqa: E402
 from textual.screen import Screen  # noqa: E402
+
+from shared.client import Client  # noqa: E402
 from tui.app import CutqApp  # noqa: E402
 from tui.feed import FeedConfig, broker_feed  # noqa: E402
 from tui.memory import MemorySource, memory_feed, sample_dataset, simulate  # noqa: E402

@@ -11,8 +11,8 @@ import functools
 import logging
 import time
 from collections import deque
-from pathlib import Path
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from textual import work
@@ -50,7 +50,7 @@ def _widgets_may_be_gone(handler: Callable[..., None]) -> Callable[..., None]:
     an update for a widget that is gone is dropped, not an error."""
 
     @functools.wraps(handler)
-    def wrapper(self: "CutqApp", *args: Any) -> None:
+    def wrapper(self: CutqApp, *args: Any) -> None:
         try:
             handler(self, *args)
         except NoMatches as e:

@@ -170,7 +170,7 @@ class MemorySource:
         self.down = False  # set True to act like an unreachable broker
         self._by_id = {j["job_id"]: j for j in data.jobs}
 
-    def connect(self, timeout: float = 0.0) -> "MemorySource":
+    def connect(self, timeout: float = 0.0) -> MemorySource:
         return self
 
     def close(self) -> None:

@@ -76,9 +76,10 @@ class JobMissing(Message):
 class FeedBatch(Message):
     """Broker events since the last batch, coalesced.
 
-    `stats`: the latest stats event, if any. `jobs`: the latest `job` event per job id. `events`: task and worker events in
-    arrival order (task events only for the watched job and those that move
-    workers' slots). `dropped`: events merged away or of unknown kinds.
+    `stats`: the latest stats event, if any.  `jobs`: the latest `job` event per job,
+    for jobs on the shown page or being watched.  `events`: task, progress and worker
+    events in arrival order, the latest one per task.  `received`: events folded in;
+    `dropped`: those merged away or of unknown kinds.
     """
 
     stats: dict | None = None

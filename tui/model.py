@@ -25,7 +25,7 @@ class JobsQuery:
     offset: int = 0
     limit: int = 100
 
-    def page(self, delta: int, total: int) -> "JobsQuery":
+    def page(self, delta: int, total: int) -> JobsQuery:
         """The query for `delta` pages further (clamped to the list)."""
         last = max(0, (max(total, 1) - 1) // self.limit * self.limit)
         return replace(self, offset=min(last, max(0, self.offset + delta * self.limit)))

@@ -86,7 +86,7 @@ def summary(job: dict, now: float, wide: bool) -> Table:
 class JobDetailScreen(Screen):
     """Follows one job (the feed watches it while this screen is open)."""
 
-    app: "CutqApp"
+    app: CutqApp
 
     BINDINGS = [
         Binding("escape", "back", "Back"),

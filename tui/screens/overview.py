@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class OverviewScreen(Screen):
     """Everything at a glance; Enter opens a job."""
 
-    app: "CutqApp"
+    app: CutqApp
 
     BINDINGS = [
         Binding("s", "app.submit", "Submit"),
