@@ -19,6 +19,7 @@ from tui.app import CutqApp
 from tui.feed import broker_feed
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.job_detail import JobDetailScreen
+from tui.screens.prompt import FolderPromptScreen
 from tui.screens.submit import SubmitScreen
 from tui.widgets.jobs_table import JobsTable
 from tui.widgets.preview import ImageSlot
@@ -105,6 +106,30 @@ async def test_submit_through_ui_and_watch_done(cluster: Cluster, image_dir: Pat
         assert all(t["worker"] for t in tasks.values())
         await pilot.press("escape")
         assert not isinstance(app.screen, JobDetailScreen)
+
+
+@run_async
+async def test_fetch_results_and_pause_dispatch(cluster: Cluster, image_dir: Path, tmp_path: Path) -> None:
+    app = make_app(cluster.endpoint)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        job_id = await submit_via_dialog(pilot, app, str(image_dir), "noop")
+        await wait_until(pilot, lambda: job_state(app, job_id) == "done", 20, "job to finish")
+        table = jobs_table(app)
+        table.move_cursor(row=table.get_row_index(job_id))
+        await pilot.press("f")
+        prompt = await wait_until(pilot, lambda: isinstance(app.screen, FolderPromptScreen) and app.screen, 5)
+        out = tmp_path / "results"
+        prompt.query_one(Input).value = str(out)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: out.is_dir() and len(list(out.iterdir())) == 3, 15, "three results")
+        assert sorted(p.name for p in out.iterdir()) == ["img0.png", "img1.png", "img2.png"]
+        # pause: the broker says so in its stats, the footer offers Resume; then resume
+        await pilot.press("p")
+        await wait_until(pilot, lambda: app.stats.get("paused") is True, 10, "dispatch paused")
+        assert "dispatch paused" in app.overview.query_one(StatusBar).left_text().plain
+        await pilot.press("p")
+        await wait_until(pilot, lambda: app.stats.get("paused") is False, 10, "dispatch resumed")
 
 
 @run_async
@@ -212,5 +237,23 @@ async def test_broker_outage_keeps_data_and_reconnects(tmp_path: Path, image_dir
             await wait_until(pilot, lambda: app.conn.state == "connected", 15, "reconnect")
             job2 = client.submit([("b.png", png_bytes())], processor="noop")
             await wait_until(pilot, lambda: job_state(app, job2) == "done", 20, "events after reconnect")
+    finally:
+        c.stop()
+
+
+@run_async
+async def test_starts_before_the_broker_and_connects_when_it_comes(tmp_path: Path) -> None:
+    c = Cluster(tmp_path)
+    app = make_app(c.endpoint)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until(pilot, lambda: app.conn.state == "down", 10, "the outage to show")
+            assert "broker unreachable" in app.overview.query_one(StatusBar).left_text().plain
+            try:
+                c.start_broker()
+            except (AssertionError, OSError) as e:
+                pytest.skip(f"cannot start a broker with `python -m shared.cli`: {e}")
+            await connected(pilot, app)
+            assert app.jobs_total == 0 and "connected" in app.overview.query_one(StatusBar).left_text().plain
     finally:
         c.stop()
