@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.scenarios import SCENES, Scene
+pytest.importorskip("pytest_textual_snapshot", reason="pytest-textual-snapshot is not installed")
+
+from tests.tui.scenarios import SCENES, Scene  # noqa: E402
 
 CASES = [pytest.param(scene, size, id=f"{scene.name}-{size[0]}x{size[1]}")
          for scene in SCENES for size in scene.sizes]
