@@ -1,0 +1,85 @@
+"""Bad input through the whole system: one job holding every kind of awkward file plus a
+good photo. Each either gives a correct cut-out or fails its own task, naming the reason,
+without a retry; broker and worker keep serving."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from tests.cluster import Cluster, sample_photo
+
+
+def _photo(size: int = 160) -> Image.Image:
+    return Image.open(sample_photo("astronaut.png")).convert("RGB").resize((size, size))
+
+
+def _save(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares width x height (never decodable in memory)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
+
+
+def _inputs() -> dict[str, tuple[bytes, object]]:
+    """name -> (bytes, expected): expected is an output (w, h) or a reason substring."""
+    photo = _photo()
+    png, jpg = _save(photo, "PNG"), _save(photo, "JPEG", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    wide = photo.resize((160, 120))
+    frames = [photo, photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    sixteen = Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257)  # I;16
+    return {
+        "good.png": (png, (160, 160)),
+        "empty.png": (b"", "empty"),
+        "text.jpg": (b"hello, I am not an image\n" * 10, "not an image"),
+        "truncated.png": (png[: len(png) // 2], "truncated"),
+        "truncated.jpg": (jpg[: len(jpg) // 2], "truncated"),
+        "bomb.png": (_bomb_png(60000, 60000), "too large"),
+        "huge-pixels.png": (_save(Image.new("RGB", (3000, 3000)), "PNG"), "too large"),
+        "huge-bytes.png": (_save(Image.frombytes("RGB", (700, 700), np.random.default_rng(1).bytes(700 * 700 * 3)), "PNG"), "file too large"),
+        "cmyk.jpg": (_save(photo.convert("CMYK"), "JPEG"), (160, 160)),
+        "sixteen.png": (_save(sixteen, "PNG"), (160, 160)),
+        "palette.png": (_save(photo.convert("P"), "PNG"), (160, 160)),
+        "la.png": (_save(photo.convert("LA"), "PNG"), (160, 160)),
+        "animated.gif": (_save(frames[0], "GIF", save_all=True, append_images=frames[1:]), (160, 160)),
+        "animated.webp": (_save(frames[0], "WEBP", save_all=True, append_images=frames[1:]), (160, 160)),
+        "rotated.jpg": (_save(wide, "JPEG", exif=exif), (120, 160)),
+    }
+
+
+def test_every_bad_input_fails_alone_or_is_cut_out(cluster: Cluster, needs_model):
+    cluster.start_broker()
+    cluster.start_worker(2, "--max-pixels", "4000000", "--max-bytes", "1000000")
+    client = cluster.client()
+    inputs = _inputs()
+    job = client.submit([(name, data) for name, (data, _) in inputs.items()])
+    status = client.wait(job, timeout=180)
+    by_name = {t["name"]: t for t in status["tasks"]}
+    for name, (_, expected) in inputs.items():
+        task = by_name[name]
+        assert task["attempts"] == 1, f"{name} was retried: {task}"
+        if isinstance(expected, tuple):
+            assert task["state"] == "done", f"{name}: {task['error']}"
+            img = Image.open(io.BytesIO(client.fetch_result(task["task_id"])[1]))
+            alpha = np.asarray(img)[..., 3]
+            assert img.mode == "RGBA" and img.size == expected, (name, img.mode, img.size)
+            assert 0 < alpha.mean() < 255, f"{name}: the cut-out is all or nothing"
+        else:
+            assert task["state"] == "failed", f"{name} should have failed: {task}"
+            assert expected in task["error"], f"{name}: {task['error']!r} does not name {expected!r}"
+    # still serving: a follow-up job completes on the same worker and broker
+    again = client.submit([("again.png", inputs["good.png"][0])])
+    assert client.wait(again, timeout=60)["state"] == "done"
