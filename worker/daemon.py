@@ -197,7 +197,7 @@ class WorkerDaemon:
             if isinstance(msg, p.Dispatch):
                 self._on_dispatch(msg)
             elif isinstance(msg, p.CancelTasks):
-                self._on_cancel(set(msg.task_ids))
+                self._on_cancel({t for t in msg.task_ids if isinstance(t, int)})
             elif isinstance(msg, p.Disconnect):
                 log.info("broker asked us to announce again: %s", msg.reason)
                 self._announce()
@@ -209,6 +209,10 @@ class WorkerDaemon:
             log.warning("dispatch with %d tasks but %d inputs dropped", len(msg.tasks), len(msg.blobs))
             return
         for task, data in zip(msg.tasks, msg.blobs):
+            if not (isinstance(task.get("task_id"), int) and isinstance(task.get("attempt"), int)
+                    and isinstance(task.get("processor"), str) and isinstance(task.get("options", {}), dict)):
+                log.warning("dropped a malformed task in a dispatch: %.200r", task)
+                continue
             if task.get("processor") in INLINE_PROCESSORS:
                 self.outbox.append(({"task_id": task["task_id"], "attempt": task["attempt"], "ok": True,
                                      "ext": _sniff_ext(data), "processor": task["processor"]}, data))
