@@ -142,6 +142,8 @@ class Slot:
         return 0.0
 
     def exit_reason(self) -> str:
+        if self.process is not None and self.process.exitcode is None:
+            self.process.join(timeout=1.0)  # its pipe reads EOF a moment before it is reaped
         code = self.process.exitcode if self.process is not None else None
         if code is not None and code < 0:
             return f"inference process died (signal {signal.Signals(-code).name})"
