@@ -134,8 +134,9 @@ class WorkerDaemon:
 
     def run(self) -> int:
         """Serve until drained or stopped; returns the exit code."""
-        for slot in self.slots:
-            slot.start()
+        if self.settings.preload_models:
+            for slot in self.slots:  # load the models before the first task arrives
+                slot.start()
         self._connect()
         self.notifier.ready()
         log.info("worker %s connected to %s with %d slots", self.name, self.config.connect, len(self.slots))
@@ -168,7 +169,7 @@ class WorkerDaemon:
         for slot in self.slots:
             if slot.conn is not None and slot.fileno() in events:
                 self._read_slot(slot)
-            elif slot.conn is None and self.clock() >= slot.restart_at:
+            elif slot.conn is None and slot.started and self.clock() >= slot.restart_at:
                 slot.start()
         self._start_waiting()
         self._flush_results()
@@ -231,19 +232,26 @@ class WorkerDaemon:
         for slot in self.slots:
             if not self.waiting:
                 return
-            if slot.conn is not None and not slot.busy:
-                self._maybe_recycle(slot)
+            if slot.conn is None and not slot.started:
+                slot.start()  # slots with nothing to preload start on first use (noop-only workers: never)
+            # only a ready slot: a pipe write of a big image to a process still importing rembg
+            # would block this thread, and with it the heartbeats
+            if slot.conn is not None and slot.ready and not slot.busy:
+                if self._maybe_recycle(slot):
+                    continue
                 slot.submit(*self.waiting.popleft())
 
-    def _maybe_recycle(self, slot: Slot) -> None:
+    def _maybe_recycle(self, slot: Slot) -> bool:
         """Between tasks, replace a slot process that ran too long or grew too big."""
         c = self.config
-        if (c.recycle_after_tasks and slot.tasks_run >= c.recycle_after_tasks) or (
+        if slot.tasks_run and ((c.recycle_after_tasks and slot.tasks_run >= c.recycle_after_tasks) or (
             c.recycle_rss_mb and slot.rss_mb() > c.recycle_rss_mb
-        ):
+        )):
             log.info("recycling slot %d after %d tasks (%.0f MiB)", slot.index, slot.tasks_run, slot.rss_mb())
             slot.stop()
             slot.start()
+            return True
+        return False
 
     def _read_slot(self, slot: Slot) -> None:
         assert slot.conn is not None

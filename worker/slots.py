@@ -29,7 +29,14 @@ class SlotSettings:
 
 
 def _slot_main(conn: Connection, settings: SlotSettings) -> None:
-    """Child process: run tasks from the pipe until it closes; never raises out."""
+    """Child process: run tasks from the pipe until it closes (the worker died or let go)."""
+    try:
+        _serve_slot(conn, settings)
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        pass
+
+
+def _serve_slot(conn: Connection, settings: SlotSettings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when slots stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from worker.images import InputError
@@ -84,6 +91,7 @@ class Slot:
     tasks_run: int = 0
     models: list[str] = field(default_factory=list)
     ready: bool = False
+    started: bool = False  # ever started: from then on a dead process is restarted
     crashes: int = 0  # deaths before reaching ready, in a row
     restart_at: float = 0.0
 
@@ -93,7 +101,7 @@ class Slot:
                                     name=f"cutq-slot-{self.index}")
         self.process.start()
         child.close()
-        self.conn, self.task, self.tasks_run, self.ready = parent, None, 0, False
+        self.conn, self.task, self.tasks_run, self.ready, self.started = parent, None, 0, False, True
 
     @property
     def busy(self) -> bool:
