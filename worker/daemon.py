@@ -143,7 +143,8 @@ class WorkerDaemon:
         try:
             while not self._stop:
                 self._turn()
-                if self.draining and (not self._held() or self.clock() >= self._drain_deadline):
+                # done draining once no slot runs anything: tasks still waiting are handed back
+                if self.draining and (not any(s.busy for s in self.slots) or self.clock() >= self._drain_deadline):
                     break
             self._leave()
         finally:
@@ -229,6 +230,8 @@ class WorkerDaemon:
                 slot.start()
 
     def _start_waiting(self) -> None:
+        if self.draining:
+            return  # takes no new tasks: what the broker sent before it heard "draining" goes back
         for slot in self.slots:
             if not self.waiting:
                 return
