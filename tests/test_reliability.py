@@ -85,13 +85,19 @@ def names_by_id(client: Client) -> dict[str, str]:
 
 def wait_progress(client: Client, task_id: int, timeout: float = 30.0) -> dict:
     """Wait for the slot to report it started `task_id` (the PROGRESS "running" event):
-    the task really is executing in a slot process, not merely dispatched."""
+    the task really is executing in a slot process, not merely dispatched.  Events that
+    arrive alongside are kept for the next call (the client is subscribed beforehand)."""
+    pending: list[dict] = client.__dict__.setdefault("_pending_events", [])
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in client.next_events(0.5):
+    while True:
+        for i, e in enumerate(pending):
             if e.get("kind") == "progress" and e.get("task_id") == task_id:
+                del pending[: i + 1]
                 return e
-    raise AssertionError(f"no progress event for task {task_id} within {timeout}s")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no progress event for task {task_id} within {timeout}s")
+        pending.extend(client.next_events(min(left, 0.5)))
 
 
 def task_row(client: Client, job: str, index: int = 0) -> dict:
@@ -125,9 +131,9 @@ def test_kill9_worker_mid_rembg_task_reruns_elsewhere_recorded_once(cluster: Clu
     b = cluster.start_worker(1, "--threads", "1", name="b")
     cluster.wait_workers(2)
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     files = [("big.png", big_photo()), ("chelsea.png", photos["chelsea.png"]), ("coffee.png", photos["coffee.png"])]
     job = client.submit(files, options={"model": "u2netp"})
-    client.subscribe(job)
     big = client.status(job)["tasks"][0]
     victim_name = wait_progress(client, big["task_id"], 60)["worker"]  # rembg is running in its slot
     running = task_row(client, job)
@@ -231,8 +237,8 @@ def test_cancel_running_task_frees_the_slot_within_one_second(cluster: Cluster):
     cluster.start_worker(1, "--preload", "")
     cluster.wait_workers(1)
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     job = client.submit([("slow.png", b"slow")], processor="sleep", options={"seconds": 60})
-    client.subscribe(job)
     task_id = client.status(job)["tasks"][0]["task_id"]
     wait_progress(client, task_id)  # it is sleeping in the slot process
     assert client.cancel(job)["cancelled"] == 1
@@ -366,9 +372,11 @@ def test_sigterm_worker_drains_then_exits_zero_and_hands_back(cluster: Cluster):
     worker = cluster.start_worker(2, "--preload", "", "--drain-timeout", "1.5", name="drainer")
     cluster.wait_workers(1)
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     short = client.submit([("short.png", b"s")], processor="sleep", options={"seconds": 0.8})
     long = client.submit([("long.png", b"l")], processor="sleep", options={"seconds": 2.5})
-    wait_for(lambda: client.stats()["running"] == 2, 30, what="both running")
+    for job in (short, long):
+        wait_progress(client, client.status(job)["tasks"][0]["task_id"])  # both running in slots
     worker.send_signal(signal.SIGTERM)
     wait_for(lambda: worker_named(client, "drainer")["state"] == "draining", 5, what="draining")
     late = client.submit([("late.png", b"x")], processor="noop")
@@ -387,26 +395,28 @@ def test_sigterm_worker_drains_then_exits_zero_and_hands_back(cluster: Cluster):
 
 
 def test_draining_worker_starts_nothing_new_even_before_the_broker_knows(cluster: Cluster):
-    """SIGTERM lands between heartbeats: a task the broker dispatches in that window is not
-    started but handed back, and the worker leaves as soon as its running task is done."""
-    cluster.heartbeat = 1.0  # a wide window between the signal and the next heartbeat
+    """SIGTERM lands between heartbeats: a task the broker sends to a slot that frees up in
+    that window is not started but handed back; the worker leaves once its running task is done."""
+    cluster.heartbeat = 3.0  # a wide window between the signal and the heartbeat that says "draining"
     cluster.start_broker()
-    worker = cluster.start_worker(1, "--preload", "", "--drain-timeout", "20", name="drainer")
+    worker = cluster.start_worker(2, "--preload", "", "--drain-timeout", "20", name="drainer")
     cluster.wait_workers(1)
     client = cluster.client()
-    first = client.submit([("first.png", b"1")], processor="sleep", options={"seconds": 0.2})
-    second = client.submit([("second.png", b"2")], processor="sleep", options={"seconds": 0.2})
-    client.subscribe(first)
-    wait_progress(client, client.status(first)["tasks"][0]["task_id"])
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
+    long = client.submit([("long.png", b"1")], processor="sleep", options={"seconds": 2.0})
+    short = client.submit([("short.png", b"2")], processor="sleep", options={"seconds": 1.0})
+    for job in (long, short):
+        wait_progress(client, client.status(job)["tasks"][0]["task_id"])
+    # both slots busy: these wait in the queue until `short` frees a slot, after the SIGTERM
+    after = client.submit([(f"after{i}.png", b"3") for i in range(3)], processor="sleep", options={"seconds": 0.1})
     worker.send_signal(signal.SIGTERM)
-    signalled = time.monotonic()
     assert worker.wait(timeout=15) == 0
-    assert time.monotonic() - signalled < 5  # not held up by the drain timeout for a task it never started
-    assert client.status(first)["state"] == "done"
-    task = client.status(second)["tasks"][0]
-    assert task["state"] == "queued" and task["attempts"] == 0, task  # never ran on the draining worker
+    assert client.status(long)["state"] == client.status(short)["state"] == "done"
+    tasks = client.status(after)["tasks"]
+    # none ran on the draining worker: each is queued again, its hand-back spent nothing
+    assert all(t["state"] == "queued" and t["attempts"] == 0 and t["worker_deaths"] == 0 for t in tasks), tasks
     cluster.start_worker(1, "--preload", "", name="heir")
-    assert client.wait(second, timeout=30)["state"] == "done"
+    assert client.wait(after, timeout=30)["state"] == "done"
 
 
 def test_sigterm_broker_exits_zero_with_a_clean_database(cluster: Cluster):
@@ -432,9 +442,9 @@ def test_frozen_worker_is_declared_dead_then_rejoins_and_its_late_result_is_drop
     frozen = cluster.start_worker(1, "--preload", "", name="frozen")
     cluster.wait_workers(1)
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     # 1.5 s: the frozen worker's slot process (not stopped) finishes attempt 1 while its parent is frozen
     job = client.submit([("t.png", b"t")], processor="sleep", options={"seconds": 1.5})
-    client.subscribe(job)
     task_id = client.status(job)["tasks"][0]["task_id"]
     wait_progress(client, task_id)
     frozen.send_signal(signal.SIGSTOP)
@@ -477,6 +487,7 @@ def test_late_results_of_a_dead_or_superseded_attempt_are_discarded(cluster: Clu
 
     cluster.start_broker()
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     ctx = zmq.Context()
     fake = ctx.socket(zmq.DEALER)
     fake.linger = 0
@@ -502,7 +513,6 @@ def test_late_results_of_a_dead_or_superseded_attempt_are_discarded(cluster: Clu
         # silence: declared dead, the task goes back to the queue
         wait_for(lambda: worker_named(client, "fake")["state"] == "dead", 5, what="fake declared dead")
         cluster.start_worker(1, "--preload", "", name="real")
-        client.subscribe(job)
         wait_progress(client, task["task_id"])  # attempt 2 runs on the real worker
         late = p.Results(results=[{"task_id": task["task_id"], "attempt": 1, "ok": True, "ext": "png"}])
         late.blobs = [b"FAKE"]
@@ -527,8 +537,8 @@ def test_worker_reconnects_after_broker_restart_and_its_running_task_is_adopted(
     worker = cluster.start_worker(1, "--preload", "", name="steady")
     cluster.wait_workers(1)
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     held = client.submit([("held.png", b"h")], processor="sleep", options={"seconds": 4})
-    client.subscribe(held)
     wait_progress(client, client.status(held)["tasks"][0]["task_id"])
     Cluster.kill9(cluster.broker)
     cluster.start_broker()
@@ -552,8 +562,8 @@ def test_slot_killed_mid_task_is_transient_retried_with_backoff_then_failed(clus
     worker = cluster.start_worker(1, "--preload", "", name="host")
     cluster.wait_workers(1)
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     job = client.submit([("t.png", b"t")], processor="sleep", options={"seconds": 1.0})
-    client.subscribe(job)
     task_id = client.status(job)["tasks"][0]["task_id"]
     for attempt in (1, 2):
         wait_progress(client, task_id)
@@ -579,8 +589,8 @@ def test_slot_killed_mid_task_is_transient_retried_with_backoff_then_failed(clus
 def test_a_task_that_kills_three_workers_is_quarantined(cluster: Cluster, reaper):
     cluster.start_broker("--max-attempts", "10")
     client = cluster.client()
+    client.subscribe(None)  # before anything is submitted, so no progress event is missed
     job = client.submit([("poison.png", b"p")], processor="sleep", options={"seconds": 60})
-    client.subscribe(job)
     task_id = client.status(job)["tasks"][0]["task_id"]
     for k in range(3):
         w = cluster.start_worker(1, "--preload", "", name=f"p{k}")
