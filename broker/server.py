@@ -197,7 +197,10 @@ class Broker:
         delayed = self.scheduler.next_wakeup()
         if delayed is not None:
             wake = min(wake, now + max(0.0, delayed - self.wall()))
-        return max(0, min(int((wake - now) * 1000) + 1, 500))
+        cap = 500
+        if self.notifier.watchdog_interval:  # wake often enough to feed systemd's watchdog
+            cap = min(cap, int(self.notifier.watchdog_interval * 250))
+        return max(0, min(int((wake - now) * 1000) + 1, cap))
 
     def turn(self) -> None:
         """One pass: drain messages, timers, dispatch, commit, send."""

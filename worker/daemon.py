@@ -119,7 +119,12 @@ class WorkerDaemon:
         log.warning("broker silent for %d heartbeats; reconnecting in %.2fs", self.config.heartbeat_liveness, delay)
         if self.sock is not None:
             self.sock.close(linger=0)
-        time.sleep(delay)
+        # the pause grows to reconnect_max (x1.5 jitter), longer than a WatchdogSec: keep feeding it
+        step = (self.notifier.watchdog_interval or delay) / 4
+        resume = time.monotonic() + delay
+        while (left := resume - time.monotonic()) > 0:
+            time.sleep(min(left, step))
+            self.notifier.watchdog(self.clock())
         self._backoff = min(self._backoff * 2, self.config.reconnect_max)
         self._connect()
 
@@ -164,6 +169,8 @@ class WorkerDaemon:
             if slot.conn is not None:
                 poller.register(slot.fileno(), zmq.POLLIN)
         timeout = max(0.0, self._next_heartbeat - self.clock())
+        if self.notifier.watchdog_interval:  # wake often enough to feed systemd's watchdog
+            timeout = min(timeout, self.notifier.watchdog_interval / 4)
         events = dict(poller.poll(int(timeout * 1000) + 1))
         if self.sock in events:
             self._read_broker()
@@ -175,10 +182,10 @@ class WorkerDaemon:
         self._start_waiting()
         self._flush_results()
         now = self.clock()
+        self.notifier.watchdog(now)  # every turn (it rate-limits itself), not only at heartbeats
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
             self._send(p.Heartbeat(draining=self.draining))
-            self.notifier.watchdog(now)
             if now - self._last_heard > self.config.heartbeat_interval * self.config.heartbeat_liveness:
                 self._reconnect()
 
