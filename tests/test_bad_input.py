@@ -32,6 +32,28 @@ def _bomb_png(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b"")
 
 
+def _distance(cutout: Image.Image, reference: Image.Image) -> float:
+    """Mean RGB difference over the cut-out's mostly opaque pixels (where it keeps its input's colours)."""
+    out = np.asarray(cutout, dtype=np.int32)
+    ref = np.asarray(reference.convert("RGB"), dtype=np.int32)
+    opaque = out[..., 3] >= 128
+    assert opaque.sum() > 200, "almost nothing kept"
+    return float(np.abs(out[..., :3][opaque] - ref[opaque]).mean())
+
+
+# the cut-out must come from the right picture: name -> (what it should match, what it must not)
+def _references() -> dict[str, tuple[Image.Image, Image.Image]]:
+    photo = _photo()
+    wide = photo.resize((160, 120))
+    flipped = photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return {
+        "animated.gif": (photo, flipped),  # the first frame, not the second
+        "animated.webp": (photo, flipped),
+        # EXIF orientation 6: displayed turned 90 degrees clockwise, not counter-clockwise
+        "rotated.jpg": (wide.transpose(Image.Transpose.ROTATE_270), wide.transpose(Image.Transpose.ROTATE_90)),
+    }
+
+
 def _inputs() -> dict[str, tuple[bytes, object]]:
     """name -> (bytes, expected): expected is an output (w, h) or a reason substring."""
     photo = _photo()
@@ -65,18 +87,23 @@ def test_every_bad_input_fails_alone_or_is_cut_out(cluster: Cluster, needs_model
     cluster.start_worker(2, "--max-pixels", "4000000", "--max-bytes", "1000000")
     client = cluster.client()
     inputs = _inputs()
+    references = _references()
     job = client.submit([(name, data) for name, (data, _) in inputs.items()])
     status = client.wait(job, timeout=180)
     by_name = {t["name"]: t for t in status["tasks"]}
     for name, (_, expected) in inputs.items():
         task = by_name[name]
-        assert task["attempts"] == 1, f"{name} was retried: {task}"
+        assert task["attempts"] == 1 and task["worker_deaths"] == 0, f"{name} was retried: {task}"
         if isinstance(expected, tuple):
             assert task["state"] == "done", f"{name}: {task['error']}"
             img = Image.open(io.BytesIO(client.fetch_result(task["task_id"])[1]))
             alpha = np.asarray(img)[..., 3]
             assert img.mode == "RGBA" and img.size == expected, (name, img.mode, img.size)
             assert 0 < alpha.mean() < 255, f"{name}: the cut-out is all or nothing"
+            if name in references:
+                right, wrong = references[name]
+                near, far = _distance(img, right), _distance(img, wrong)  # measured: ~5-13 vs ~86-91
+                assert near < 30 and far > 2 * near, f"{name}: cut out of the wrong picture ({near:.1f} vs {far:.1f})"
         else:
             assert task["state"] == "failed", f"{name} should have failed: {task}"
             assert expected in task["error"], f"{name}: {task['error']!r} does not name {expected!r}"
