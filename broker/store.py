@@ -433,6 +433,9 @@ class Store:
         for tid, attempt, worker in rows:
             job_id = self._transition(tid, "running", "queued")
             if job_id is not None:
+                # close the interrupted attempt; if its worker re-announces it, adoption and its
+                # result rewrite this row to 'done'
+                self._finish_attempt(tid, attempt, "lost", "broker restarted")
                 self._moved(job_id, "running", "queued",
                             Change(tid, job_id, "queued", worker, "broker restarted", attempt))
         self.commit()
