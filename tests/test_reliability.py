@@ -604,3 +604,31 @@ def test_a_task_that_kills_three_workers_is_quarantined(cluster: Cluster, reaper
     assert task["worker_deaths"] == 3 and task["failures"] == 0  # the retry budget was never spent
     assert [h["outcome"] for h in task["history"]] == ["lost", "lost", "lost"]
     assert [names_by_id(client)[h["worker"]] for h in task["history"]] == ["p0", "p1", "p2"]
+
+
+def test_broker_and_worker_killed_together_task_reruns_and_every_attempt_has_an_end(cluster: Cluster, reaper):
+    """The whole host dies mid-task: the restarted broker re-queues the task, and the interrupted
+    attempt is closed in the record (not left without an end or outcome forever)."""
+    cluster.start_broker()
+    first = cluster.start_worker(1, "--preload", "", name="first")
+    cluster.wait_workers(1)
+    client = cluster.client()
+    client.subscribe(None)
+    job = client.submit([("t.png", b"t")], processor="sleep", options={"seconds": 1.0})
+    task_id = client.status(job)["tasks"][0]["task_id"]
+    wait_progress(client, task_id)
+    kill9_worker(first, reaper)
+    Cluster.kill9(cluster.broker)
+    cluster.start_broker()
+    client = cluster.client()
+    task = client.status(job)["tasks"][0]
+    assert task["state"] == "queued" and task["attempts"] == 1, task  # re-queued at start-up
+    cluster.start_worker(1, "--preload", "", name="second")
+    status = client.wait(job, timeout=30)
+    assert status["state"] == "done" and status["tasks"][0]["attempts"] == 2
+    assert client.fetch_result(task_id)[1] == b"t"
+    with open_db(cluster) as db:
+        rows = db.execute("SELECT attempt, outcome, error, finished IS NOT NULL FROM attempts WHERE task_id = ? "
+                          "ORDER BY attempt", (task_id,)).fetchall()
+    assert [(a, o, ended) for a, o, _, ended in rows] == [(1, "lost", 1), (2, "done", 1)], rows
+    assert "broker restarted" in rows[0][2]
