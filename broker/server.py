@@ -799,7 +799,13 @@ class Broker:
                 self._release(w, pair[0])
                 if self.store.hand_back(pair[0], pair[1], worker_id):
                     self._requeue_in_memory(pair[0])
-        self._lose_worker(w, "left", state="left")  # anything it did not hand back is lost work
+        # a leaving worker lists everything it holds; what else is dispatched to it was still on
+        # the wire when it left: not its death nor the task's fault, so back to the queue unspent
+        for task_id, attempt in list(w.running.items()):
+            self._release(w, task_id)
+            if self.store.hand_back(task_id, attempt, worker_id):
+                self._requeue_in_memory(task_id)
+        self._lose_worker(w, "left", state="left")
 
     # ------------------------------------------------------------------ events
 
