@@ -92,7 +92,7 @@ def wait_progress(client: Client, task_id: int, timeout: float = 30.0) -> dict:
     while True:
         for i, e in enumerate(pending):
             if e.get("kind") == "progress" and e.get("task_id") == task_id:
-                del pending[: i + 1]
+                del pending[i]  # only this one: others may be what the next call waits for
                 return e
         left = deadline - time.monotonic()
         if left <= 0:
@@ -632,3 +632,39 @@ def test_broker_and_worker_killed_together_task_reruns_and_every_attempt_has_an_
                           "ORDER BY attempt", (task_id,)).fetchall()
     assert [(a, o, ended) for a, o, _, ended in rows] == [(1, "lost", 1), (2, "done", 1)], rows
     assert "broker restarted" in rows[0][2]
+
+
+def test_goodbye_hands_back_tasks_still_in_flight_to_the_leaving_worker_free(cluster: Cluster):
+    """A worker leaves (drained) while a dispatch to it is still on the wire: its GOODBYE cannot list
+    a task it never received.  That task goes back to the queue unspent: no worker death charged
+    (three would quarantine it), no 'lost' attempt.  Driven at the protocol level to hit the window."""
+    import zmq
+
+    from shared import protocol as p
+
+    cluster.start_broker()
+    client = cluster.client()
+    ctx = zmq.Context()
+    fake = ctx.socket(zmq.DEALER)
+    fake.linger = 0
+    fake.setsockopt(zmq.ROUTING_ID, b"w-leaver")
+    fake.connect(cluster.endpoint)
+    try:
+        fake.send_multipart(p.encode(p.Ready(name="leaver", host="test", pid=1, slots=2, processors=["sleep"])))
+        wait_for(lambda: (w := worker_named(client, "leaver")) and w["state"] == "alive", 10, what="fake joined")
+        job = client.submit([("a.png", b"a"), ("b.png", b"b")], processor="sleep", options={"seconds": 0})
+        wait_for(lambda: client.status(job, tasks=False)["running"] == 2, 10, what="both dispatched")
+        held, in_flight = client.status(job)["tasks"]
+        # it received only the first before it drained and left
+        fake.send_multipart(p.encode(p.Goodbye(returned=[[held["task_id"], 1]])))
+        wait_for(lambda: worker_named(client, "leaver")["state"] == "left", 10, what="fake gone")
+    finally:
+        fake.close()
+        ctx.term()
+    tasks = client.status(job)["tasks"]
+    assert all(t["state"] == "queued" and t["attempts"] == 0 and t["worker_deaths"] == 0 for t in tasks), tasks
+    with open_db(cluster) as db:
+        assert db.execute("SELECT COUNT(*) FROM attempts").fetchone()[0] == 0
+    cluster.start_worker(1, "--preload", "")
+    status = client.wait(job, timeout=30)
+    assert status["state"] == "done" and [t["attempts"] for t in status["tasks"]] == [1, 1]
