@@ -150,7 +150,7 @@ def test_kill9_worker_mid_rembg_task_reruns_elsewhere_recorded_once(cluster: Clu
 
     status = client.wait(job, timeout=120)
     assert status["state"] == "done" and status["done"] == 3, status
-    for task, (name, data) in zip(status["tasks"], files):
+    for task, (name, data) in zip(status["tasks"], files, strict=True):
         meta, out = client.fetch_result(task["task_id"])
         img = Image.open(io.BytesIO(out))
         assert img.mode == "RGBA" and img.size == Image.open(io.BytesIO(data)).size, name
