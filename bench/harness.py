@@ -44,7 +44,7 @@ def cluster(workers: int, worker_args: list[str], broker_args: list[str] = ()) -
     """Yield the endpoint of a fresh broker (temp data dir) with `workers` workers attached."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "shared.cli"]
+    cmd = [sys.executable, "-m", "cli"]
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="cutq-bench-") as tmp:
         try:

@@ -11,7 +11,7 @@ What it measures, while the stream runs (prints one JSON object, times in ms):
   key       a keypress (cursor down in the jobs table, ~30 a second) until the cursor moved
   page      the next page of jobs (100 rows) asked for, loaded by the feed, and in the table
 The memory source serves a synthetic dataset through the same feed code as a broker;
-the broker source runs `python -m shared.cli broker` and a noop worker, inserts the
+the broker source runs `python -m cli broker` and a noop worker, inserts the
 jobs with the client (under a minute for 100,000; they stay queued under a paused
 tenant, or with --drain the worker works through them, thousands of events a second),
 and keeps ~rate task events a second flowing by submitting small jobs.
@@ -180,7 +180,7 @@ def run_broker(args: argparse.Namespace) -> dict[str, Any]:
     port = 47000 + os.getpid() % 1000
     endpoint = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cli = [sys.executable, "-m", "shared.cli"]
+    cli = [sys.executable, "-m", "cli"]
     procs = [subprocess.Popen([*cli, "broker", "--bind", endpoint, "--data", str(tmp / "data"),
                                "--synchronous", "NORMAL"], env=env, stdout=subprocess.DEVNULL,
                               stderr=open(tmp / "broker.log", "wb"))]

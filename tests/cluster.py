@@ -1,6 +1,6 @@
 """Test harness: real broker and worker processes on real sockets, and condition waits.
 
-Every daemon is a `python -m shared.cli ...` subprocess, exactly what a user runs;
+Every daemon is a `python -m cli ...` subprocess, exactly what a user runs;
 tests talk to them through shared.client over TCP on a free loopback port.
 """
 
@@ -60,7 +60,7 @@ class Cluster:
 
     def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "shared.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT,
                                 env=env or self.env, cwd=self.tmp)
 
     def start_broker(self, *extra: str, wait: bool = True) -> subprocess.Popen:
@@ -95,7 +95,7 @@ class Cluster:
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the real `cutq` command line against this cluster."""
-        return subprocess.run([sys.executable, "-m", "shared.cli", *args, "--connect", self.endpoint],
+        return subprocess.run([sys.executable, "-m", "cli", *args, "--connect", self.endpoint],
                               capture_output=True, text=True, env=self.env, timeout=timeout, check=check,
                               cwd=self.tmp)
 

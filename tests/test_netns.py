@@ -74,14 +74,14 @@ def test_cut_link_worker_declared_dead_task_reruns_worker_rejoins(hosts, tmp_pat
 
     def spawn(ns: str, name: str, *args: str) -> subprocess.Popen:
         log = open(tmp_path / f"{name}.log", "wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "shared.cli", *args],
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "cli", *args],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
         procs.append(proc)  # `ip netns exec` execs: this pid is the daemon itself
         return proc
 
     def cli(*args: str) -> dict:
         """The real `cutq` command, run from the broker's namespace."""
-        r = subprocess.run(["ip", "netns", "exec", hosts["a"], sys.executable, "-m", "shared.cli", *args,
+        r = subprocess.run(["ip", "netns", "exec", hosts["a"], sys.executable, "-m", "cli", *args,
                             "--connect", endpoint, "--timeout", "3", "--json"],
                            capture_output=True, text=True, env=env, timeout=30)
         assert r.returncode == 0, r.stderr

@@ -235,5 +235,5 @@ def subprocess_cli(cluster: Cluster, *args: str, endpoint: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args, "--connect", endpoint, "--timeout", "1"],
+    return subprocess.run([sys.executable, "-m", "cli", *args, "--connect", endpoint, "--timeout", "1"],
                           capture_output=True, text=True, env=cluster.env, timeout=30)

@@ -1,5 +1,5 @@
 """Nothing lost: crashes, kills, freezes, cancels, backpressure and shutdown, on real processes
-with real signals (issue 3).  Every daemon is a `python -m shared.cli` subprocess; every
+with real signals (issue 3).  Every daemon is a `python -m cli` subprocess; every
 wait is a bounded `wait_for`, never a sleep that hopes something happened."""
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from tests.cluster import Cluster, free_port, wait_for
 
 def cutq_keys(data: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `cutq keys --data DATA ...` command."""
-    return subprocess.run([sys.executable, "-m", "shared.cli", "keys", "--data", str(data), *args],
+    return subprocess.run([sys.executable, "-m", "cli", "keys", "--data", str(data), *args],
                           capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
@@ -477,7 +477,7 @@ def test_a_revoked_worker_key_gets_no_more_tasks(cluster: Cluster, secure: Keys)
 def test_binding_a_public_address_without_keys_needs_insecure(cluster: Cluster, tmp_path: Path):
     port = free_port()
     data = tmp_path / "nokeys"
-    cmd = [sys.executable, "-m", "shared.cli", "broker", "--bind", f"tcp://0.0.0.0:{port}", "--data", str(data)]
+    cmd = [sys.executable, "-m", "cli", "broker", "--bind", f"tcp://0.0.0.0:{port}", "--data", str(data)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=cluster.env, timeout=60, check=False)
     assert r.returncode != 0
     assert r.stderr.count("\n") == 1 and "--insecure" in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -518,7 +518,7 @@ def test_secret_key_files_are_private(cluster: Cluster, keys: Keys):
 def test_the_dashboard_takes_its_key_by_flag(monkeypatch, tmp_path: Path):
     """`cutq tui --key K --server-key S`: the dashboard's clients read CUTQ_KEY/CUTQ_SERVER_KEY."""
     import tui.app
-    from shared import cli
+    from cli import main as cli
 
     monkeypatch.setenv("CUTQ_KEY", "unset")  # so monkeypatch restores both after the call sets them
     monkeypatch.setenv("CUTQ_SERVER_KEY", "unset")

@@ -40,7 +40,7 @@ def start_cluster(tmp: Path, workers: int = 1) -> Cluster:
     except (AssertionError, OSError, subprocess.SubprocessError) as e:
         logs = c.logs()
         c.stop()
-        pytest.skip(f"cannot start a broker and worker with `python -m shared.cli`: {e}\n{logs[-2000:]}")
+        pytest.skip(f"cannot start a broker and worker with `python -m cli`: {e}\n{logs[-2000:]}")
     return c
 
 
@@ -252,7 +252,7 @@ async def test_starts_before_the_broker_and_connects_when_it_comes(tmp_path: Pat
             try:
                 c.start_broker()
             except (AssertionError, OSError) as e:
-                pytest.skip(f"cannot start a broker with `python -m shared.cli`: {e}")
+                pytest.skip(f"cannot start a broker with `python -m cli`: {e}")
             await connected(pilot, app)
             assert app.jobs_total == 0 and "connected" in app.overview.query_one(StatusBar).left_text().plain
     finally:
