@@ -49,9 +49,12 @@ class WorkerRecord:
 
 @dataclass
 class Subscription:
+    """A client's event stream: one job's events, or everything its scope may see."""
+
     job_id: str | None
     expires: float
     tenant: str | None = None  # a client key only hears about its own tenant
+    user: str = ""  # the key that subscribed: its stream ends when the key is revoked
 
 
 class Registry:

@@ -2,7 +2,8 @@
 
 Across tenants: deficit round robin by weight, so a tenant with 10 tasks behind
 another's 10,000 gets its share from the next round on.  Within a tenant: higher
-priority first, then submission order.  Per-tenant caps: running tasks, and a
+priority first, then submission order (task ids grow with submission, so a task
+re-queued after a worker's death or a hand-back keeps its original place).  Per-tenant caps: running tasks, and a
 token bucket of tasks per second.  Tasks delayed by retry backoff wait in a timer
 heap until `not_before`.  Entries are never removed eagerly: the store's
 compare-and-set in `claim` skips anything no longer queued (cancelled, duplicated).
@@ -29,7 +30,7 @@ class TenantPolicy:
 
 @dataclass
 class _Tenant:
-    heap: list[tuple[int, int, int]] = field(default_factory=list)  # (-priority, seq, task_id)
+    heap: list[tuple[int, int]] = field(default_factory=list)  # (-priority, task_id): priority, then age
     deficit: float = 0.0
     tokens: float = 0.0
     refilled: float | None = None
@@ -61,7 +62,7 @@ class Scheduler:
         t = self._tenants.get(tenant)
         if t is None:
             t = self._tenants[tenant] = _Tenant()
-        heapq.heappush(t.heap, (-priority, next(self._seq), task_id))
+        heapq.heappush(t.heap, (-priority, task_id))
 
     def next_wakeup(self) -> float | None:
         """When the earliest delayed task becomes due, if any."""
@@ -117,7 +118,7 @@ class Scheduler:
             if len(active) == 1:
                 name, t = active[0]  # one tenant: no one to be fair to, take a slice
                 while t.heap and len(out) < n and taken.get(name, 0) < allowance[name]:
-                    out.append((heapq.heappop(t.heap)[2], name))
+                    out.append((heapq.heappop(t.heap)[1], name))
                     taken[name] = taken.get(name, 0) + 1
                 break
             for name, t in active:
@@ -125,7 +126,7 @@ class Scheduler:
                     t.deficit += self.policy(name).weight
                 resume = None
                 while t.deficit >= 1.0 and t.heap and len(out) < n and taken.get(name, 0) < allowance[name]:
-                    out.append((heapq.heappop(t.heap)[2], name))
+                    out.append((heapq.heappop(t.heap)[1], name))
                     taken[name] = taken.get(name, 0) + 1
                     t.deficit -= 1.0
                 if not t.heap:

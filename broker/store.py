@@ -92,7 +92,36 @@ _TASK_COLUMNS = (
 
 
 class StoreError(Exception):
-    """A write the store could not make durable (disk full, read-only, locked...)."""
+    """The database refused a read or write (disk full, read-only, locked, corrupt...).
+
+    The only error that leaves this module: nothing outside it knows SQLite.
+    """
+
+
+class _Connection:
+    """sqlite3.Connection whose errors surface as StoreError, so callers catch one type."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise StoreError(f"could not open {path}: {e}") from e
+        self.path = path
+
+    def execute(self, sql: str, params: Sequence[Any] | dict = ()) -> sqlite3.Cursor:
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as e:
+            raise StoreError(f"{e} (database {self.path})") from e
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        try:
+            return self._db.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise StoreError(f"{e} (database {self.path})") from e
+
+    def close(self) -> None:
+        self._db.close()
 
 
 @dataclass(frozen=True)
@@ -143,7 +172,7 @@ class Store:
     ) -> None:
         self.path = str(path)
         self._clock = clock
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = _Connection(self.path)
         self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         if self.path != ":memory:":
             mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -179,8 +208,8 @@ class Store:
         if not self._in_tx:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise StoreError(f"could not start a write on {self.path}: {e}") from e
+            except StoreError as e:
+                raise StoreError(f"could not start a write: {e}") from e
             self._in_tx = True
 
     def commit(self) -> list[Change]:
@@ -194,9 +223,9 @@ class Store:
         try:
             self._flush_deltas()
             self._db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except StoreError as e:
             self.rollback()
-            raise StoreError(f"could not commit to {self.path}: {e}") from e
+            raise StoreError(f"could not commit: {e}") from e
         self._in_tx = False
         changes, self.changes = self.changes, []
         return changes
@@ -206,7 +235,7 @@ class Store:
         if self._in_tx:
             try:
                 self._db.execute("ROLLBACK")
-            except sqlite3.Error:
+            except StoreError:
                 pass
         self._in_tx = False
         self._deltas.clear()
@@ -448,6 +477,13 @@ class Store:
             "WHERE t.state = 'queued' ORDER BY t.id"
         )
         return [QueuedTask(*r) for r in rows]
+
+    def running_tasks(self) -> list[tuple[int, int, str | None, str]]:
+        """(task_id, attempt, worker, tenant) of every running task: bounded by the slots in use."""
+        return self._db.execute(
+            "SELECT t.id, t.attempts, t.worker, j.tenant FROM tasks t JOIN jobs j ON j.id = t.job_id "
+            "WHERE t.state = 'running'"
+        ).fetchall()
 
     # ------------------------------------------------------------------ cancel & retry
 

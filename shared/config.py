@@ -13,6 +13,9 @@ from typing import Mapping
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_MODEL = "u2netp"
 OUTPUT_FORMATS = ("png", "webp")
+# what a worker may name as a result's format: rembg's outputs, plus what noop/sleep
+# sniff from the input they return; the broker fails a result with anything else
+RESULT_EXTENSIONS = frozenset({"png", "webp", "jpg", "gif", "bmp", "tif", "avif", "bin"})
 MODELS_ON_DISK_SUFFIX = ".onnx"
 
 

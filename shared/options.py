@@ -1,21 +1,23 @@
 """Job options: validated and defaulted once, at submit time, so a bad job stores nothing.
 
 The broker refuses bad submissions with these rules; the worker re-checks what it
-runs with the same ones.  Cheap to import (no rembg, no onnxruntime): rembg is
-imported only to look up a model name that is not in KNOWN_MODELS.
+runs with the same ones.  Never imports rembg or onnxruntime: a model name is
+valid when it is in KNOWN_MODELS or among the names the caller passes (the
+broker: what live workers announce; a worker: what its rembg registers).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from typing import Any
 
 from shared.config import DEFAULT_MODEL, OUTPUT_FORMATS
 
 PROCESSORS: tuple[str, ...] = ("rembg", "noop", "sleep")
 
-# rembg's local models that need nothing but their name (rembg 2.0.86). A name
-# not listed here is looked up in rembg itself (see `_model_problem`);
+# rembg's local models that need nothing but their name (rembg 2.0.86). Others are
+# accepted only when a worker announces them (see `_model_problem`);
 # tests/test_processors.py fails when this list drifts from the installed rembg.
 KNOWN_MODELS: tuple[str, ...] = (
     "u2netp", "u2net", "u2net_human_seg", "u2net_cloth_seg", "silueta",
@@ -53,12 +55,12 @@ SLEEP_MAX_SECONDS = 3600.0
 # ---------------------------------------------------------------- options
 
 
-def validate_options(processor: str, options: dict) -> dict:
+def validate_options(processor: str, options: dict, extra_models: Collection[str] = ()) -> dict:
     """Check `options` for `processor` and return a new dict with defaults filled in.
 
     Raises ValueError with a one-line reason (unknown processor, unknown key, bad
-    type or range). Pure and cheap: rembg is imported only to look up a model name
-    that is not in KNOWN_MODELS.
+    type or range). Pure and cheap. `extra_models`: model names valid beyond
+    KNOWN_MODELS (those that workers announce).
     """
     if processor not in PROCESSORS:
         raise ValueError(f"unknown processor {processor!r} (known: {', '.join(PROCESSORS)})")
@@ -68,7 +70,7 @@ def validate_options(processor: str, options: dict) -> dict:
         if not isinstance(key, str):
             raise ValueError(f"option names must be strings, got {key!r}")
     if processor == "rembg":
-        return _validate_rembg(options)
+        return _validate_rembg(options, extra_models)
     if processor == "noop":
         # `model` is accepted and dropped: clients send their default model with any job.
         _refuse_unknown(processor, options, {"format", "model"})
@@ -85,14 +87,14 @@ def validate_options(processor: str, options: dict) -> dict:
     return out
 
 
-def _validate_rembg(options: dict) -> dict:
+def _validate_rembg(options: dict, extra_models: Collection[str]) -> dict:
     _refuse_unknown("rembg", options, set(REMBG_DEFAULTS))
     out = dict(REMBG_DEFAULTS)
     out.update(options)
     model = out["model"]
     if not isinstance(model, str) or not model:
         raise ValueError("option 'model' must be a non-empty string")
-    problem = _model_problem(model)
+    problem = _model_problem(model, extra_models)
     if problem:
         raise ValueError(f"option 'model': {problem}")
     for key in ("alpha_matting", "only_mask", "post_process_mask"):
@@ -147,27 +149,11 @@ def _bgcolor(value: Any) -> list[int] | None:
     raise ValueError(f"option 'bgcolor' must be [r, g, b, a] with integers 0-255, got {value!r}")
 
 
-def _model_problem(model: str) -> str:
+def _model_problem(model: str, extra_models: Collection[str] = ()) -> str:
     """Why `model` cannot be used ("" when it can)."""
-    if model in KNOWN_MODELS:
-        return ""
     if model in REFUSED_MODELS:
         return f"model {model!r} {REFUSED_MODELS[model]}"
-    try:  # a model newer than KNOWN_MODELS? ask rembg (slow once: imports onnxruntime)
-        from rembg.sessions import sessions
-    except (Exception, SystemExit):  # rembg calls sys.exit(1) when onnxruntime is missing
-        sessions = {}
-    cls = sessions.get(model)
-    if cls is None:
-        return f"unknown model {model!r} (known: {', '.join(KNOWN_MODELS)})"
-    if model.endswith("_custom") or not cls.is_local() or cls.requires_credentials():
-        return f"model {model!r} is not a local model that works by name alone"
-    return ""
-
-
-def warm_model_lookup() -> None:
-    """Import rembg's model registry ahead of time (a second), so no request waits for it."""
-    try:
-        import rembg.sessions  # noqa: F401
-    except Exception:  # no rembg here: names outside KNOWN_MODELS are refused, which is right
-        pass
+    if model in KNOWN_MODELS or model in extra_models:
+        return ""
+    known = sorted({*KNOWN_MODELS, *extra_models})
+    return f"unknown model {model!r} (known: {', '.join(known)})"

@@ -5,13 +5,15 @@ It raises `InputError` when the input (or its options) is at fault: deterministi
 never retried. Any other exception is treated as transient by the caller.
 
 `validate_options` is pure and cheap: the broker calls it at submit time to refuse
-bad options early and fill in defaults. This module imports neither rembg nor
+bad options early and fill in defaults; here it also accepts any local model the
+installed rembg registers (`rembg_local_models`), which the broker cannot know. This module imports neither rembg nor
 onnxruntime at import time (rembg costs about a second to import); only
 `RembgProcessor` and the helpers that need them import them, lazily.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 import threading
@@ -115,7 +117,7 @@ class RembgProcessor:
 
     def process(self, data: bytes, options: dict) -> tuple[bytes, str]:
         try:
-            opts = validate_options(self.name, options)
+            opts = validate_options(self.name, options, rembg_local_models())
         except ValueError as e:
             raise InputError(f"bad options: {e}") from e
         img, info = load_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
@@ -144,6 +146,20 @@ class RembgProcessor:
         else:
             cutout.save(out, "PNG")  # as rembg.remove does for bytes
         return out.getvalue(), opts["format"]
+
+
+@functools.cache
+def rembg_local_models() -> frozenset[str]:
+    """Models the installed rembg loads by name alone (imports rembg: worker side only)."""
+    try:
+        from rembg.sessions import sessions
+    except (Exception, SystemExit):  # rembg calls sys.exit(1) when onnxruntime is missing
+        return frozenset()
+    return frozenset(
+        name for name, cls in sessions.items()
+        if not name.endswith("_custom") and cls.is_local() and not cls.requires_credentials()
+        and name not in REFUSED_MODELS
+    )
 
 
 def _plain(info: ImageInfo, img: Any, opts: dict) -> bool:

@@ -1,0 +1,64 @@
+"""With CURVE, watch worker connections close, so nothing more is sent to their routing id.
+
+Another key can take a worker's routing id the moment the worker's connection
+closes; until the worker's own key is heard again on a new connection, it gets no
+dispatch.  Without CURVE there is nothing to watch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import zmq
+import zmq.utils.monitor
+
+from broker.keys import Principal
+from broker.registry import Registry
+
+log = logging.getLogger("cutq.broker")
+
+
+class ConnectionWatch:
+    """Maps connection fds to the worker last heard on them; acts on disconnect events."""
+
+    def __init__(self, sock: zmq.Socket, registry: Registry) -> None:
+        self.sock = sock
+        self.registry = registry
+        self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._worker_fds: dict[int, bytes] = {}  # connection fd -> routing id of the worker last heard on it
+        self._disconnected: set[bytes] = set()  # workers whose connection closed: no dispatch until heard again
+
+    def poll_disconnects(self) -> None:
+        """A worker whose connection closed takes nothing new until its own key is heard again."""
+        while True:
+            try:
+                frames = self.monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                event = zmq.utils.monitor.parse_monitor_message(frames)
+            except Exception:  # not ours to crash on
+                continue
+            ident = self._worker_fds.pop(event["value"], None)
+            w = self.registry.get_alive(ident) if ident is not None else None
+            if w is not None and not w.draining:
+                # its routing id may be someone else's by now: dispatch nothing more to it until
+                # its own key speaks on a new connection; else the heartbeat timeout re-queues its tasks
+                log.warning("worker %s's connection closed; no dispatch to it until it is heard again", w.name)
+                w.draining = True
+                self._disconnected.add(w.ident)
+
+    def heard(self, fd: int, ident: bytes, who: Principal) -> None:
+        """Note the connection a worker's own key spoke on; a worker cut off by a closed connection is back."""
+        w = self.registry.get_alive(ident)
+        if w is None or w.user != who.name:
+            return
+        self._worker_fds[fd] = ident
+        if ident in self._disconnected:
+            self._disconnected.discard(ident)
+            w.draining = False
+            log.info("worker %s is back on a new connection", w.name)
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(0)

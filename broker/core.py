@@ -1,0 +1,200 @@
+"""The broker's state and the operations both kinds of handlers share.
+
+Queue, workers, throughput and this turn's outbox live here; so do the moves that
+touch several of them at once (dispatch, a worker lost, a task re-queued), each
+written once.  No sockets: the server sends what the outbox holds after commit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import Counter
+from typing import Callable
+
+from broker.logs import Throttle
+from broker.outbox import Outbox
+from broker.rates import Throughput
+from broker.registry import Registry, WorkerRecord
+from broker.scheduler import Scheduler, TenantPolicy
+from broker.store import Store
+from shared.config import BrokerConfig
+from shared.states import TaskState
+
+log = logging.getLogger("cutq.broker")
+
+
+class Core:
+    """What the broker knows, and the moves that change several parts of it together."""
+
+    def __init__(
+        self,
+        config: BrokerConfig,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock, self.wall = clock, wall
+        self.registry = Registry()
+        self.scheduler = Scheduler()
+        self.rates = Throughput()
+        self.out = Outbox()
+        self.running_tenant: dict[int, str] = {}  # task_id -> tenant, for running tasks
+        self.warnings = Throttle(log)
+        self.orphans: list[tuple[int, int, str]] = []  # (task, attempt, worker) to re-queue
+        # silence is measured up to the last time the socket was read empty: a worker whose
+        # heartbeat waits unread behind a slow turn is not dead
+        self.drained_at = clock()
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> int:
+        """At start-up: re-queue what a previous broker left running, then load policies and queue."""
+        recovered = self.store.recover()
+        for key, value in self.store.meta_items("tenant:").items():
+            self.scheduler.policies[key.split(":", 1)[1]] = TenantPolicy(**json.loads(value))
+        self.load_queue()
+        return recovered
+
+    def load_queue(self) -> None:
+        """Rebuild the scheduler from the queued rows and the persisted pause flags."""
+        self.scheduler = Scheduler(self.scheduler.policies)
+        now = self.wall()
+        for t in self.store.queued_tasks():
+            self.scheduler.push(t.task_id, t.tenant, t.priority, t.not_before, now)
+        flags = self.store.meta_items("paused:")
+        self.scheduler.paused_all = flags.get("paused:*") == "1"
+        self.scheduler.paused = {k.split(":", 1)[1] for k, v in flags.items() if v == "1" and k != "paused:*"}
+
+    def resync(self) -> None:
+        """After a rolled-back turn: make memory agree with the database again.
+
+        The queue is rebuilt from its rows; each live worker holds exactly the tasks the
+        database says it runs; tasks the database still gives to a worker that memory has
+        declared gone are re-queued by the next turn that can write (`requeue_orphans`).
+        """
+        self.load_queue()
+        self.running_tenant.clear()
+        alive = {w.ident.decode(errors="replace"): w for w in self.registry.alive()}
+        for w in alive.values():
+            w.running.clear()
+        self.orphans = []
+        for task_id, attempt, worker, tenant in self.store.running_tasks():
+            w = alive.get(worker or "")
+            if w is None:
+                self.orphans.append((task_id, attempt, worker or ""))
+                continue
+            w.running[task_id] = attempt
+            self.running_tenant[task_id] = tenant
+
+    def requeue_orphans(self) -> None:
+        """Re-queue tasks left on workers that were declared gone in a turn that was rolled back."""
+        orphans, self.orphans = self.orphans, []
+        for task_id, attempt, worker in orphans:
+            new = self.store.requeue_lost(task_id, attempt, worker, f"worker {worker} lost",
+                                          self.config.max_worker_deaths)
+            if new == TaskState.QUEUED:
+                self.requeue_in_memory(task_id)
+
+    # ------------------------------------------------------------------ tasks
+
+    def requeue_in_memory(self, task_id: int, not_before: float = 0.0) -> None:
+        """Put a task the store just re-queued back into the scheduler, in its original place."""
+        job_id = self.store.task_job(task_id)
+        job = self.store.job(job_id) if job_id else None
+        if job is not None:
+            self.scheduler.push(task_id, job["tenant"], job["priority"], not_before, self.wall())
+
+    def release(self, w: WorkerRecord, task_id: int) -> str | None:
+        """The task no longer runs on `w`; returns its tenant."""
+        w.running.pop(task_id, None)
+        return self.running_tenant.pop(task_id, None)
+
+    def record_failure(self, task_id: int, attempt: int, worker_id: str, error: str, kind: str) -> None:
+        """A worker reported a failed attempt: retry after backoff, or fail the task for good."""
+        retry_at = None
+        if kind != "input":
+            failures = self.store.task_failures(task_id)
+            if failures + 1 < self.config.max_attempts:
+                delay = min(self.config.retry_backoff * (2 ** failures), self.config.retry_backoff_max)
+                retry_at = self.wall() + delay * random.uniform(0.5, 1.5)
+                error = f"{error} (attempt {failures + 1} of {self.config.max_attempts}, retrying)"
+            else:
+                error = f"{error} (gave up after {failures + 1} attempts)"
+        state = self.store.fail(task_id, attempt, worker_id, error, retry_at=retry_at)
+        if state == TaskState.QUEUED:
+            self.requeue_in_memory(task_id, retry_at or 0.0)
+
+    def hand_back(self, w: WorkerRecord, task_id: int, attempt: int) -> None:
+        """`w` returns a task unfinished through no fault of its own: re-queue it unspent."""
+        self.release(w, task_id)
+        if self.store.hand_back(task_id, attempt, w.ident.decode(errors="replace")):
+            self.requeue_in_memory(task_id)
+
+    # ------------------------------------------------------------------ workers
+
+    def lose_worker(self, w: WorkerRecord, reason: str, state: str = "dead") -> None:
+        """Declare a worker gone: its tasks go back to the queue (or quarantine)."""
+        if w.running or state == "dead":
+            log.warning("worker %s (%s pid %d) %s: %s; re-queueing %d tasks",
+                        w.name, w.host, w.pid, state, reason, len(w.running))
+        w.state = state
+        for task_id, attempt in list(w.running.items()):
+            self.release(w, task_id)
+            new = self.store.requeue_lost(task_id, attempt, w.ident.decode(errors="replace"),
+                                          f"worker {w.name} lost: {reason}", self.config.max_worker_deaths)
+            if new == TaskState.QUEUED:
+                self.requeue_in_memory(task_id)
+        self.out.worker_events.append({"kind": "worker", "worker": w.name, "state": state, "reason": reason})
+
+    def purge_dead(self) -> None:
+        """Declare dead every worker silent for longer than the liveness window.
+
+        Silence ends at the last moment the socket was read empty, so a slow turn (a
+        big submission) never kills a worker whose heartbeat is still waiting unread.
+        """
+        timeout = self.config.heartbeat_interval * self.config.heartbeat_liveness
+        for w in self.registry.expired(self.drained_at, timeout):
+            self.lose_worker(w, f"no heartbeat for {self.drained_at - w.last_seen:.1f}s")
+
+    def drop_workers_of(self, revoked: Callable[[str], bool]) -> None:
+        """A worker whose key was revoked gets nothing more; what it holds goes back to the queue."""
+        for w in self.registry.alive():
+            if revoked(w.user):
+                self.lose_worker(w, f"its key {w.user!r} was revoked")
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self) -> None:
+        """Claim queued tasks for free slots, largest free first, fairly across tenants."""
+        if not self.scheduler.ready():
+            return
+        workers = sorted((w for w in self.registry.alive() if w.free > 0), key=lambda w: -w.free)
+        now = self.clock()
+        while workers and self.scheduler.ready():
+            progressed = False
+            running = Counter(self.running_tenant.values())
+            for w in workers:
+                want = min(w.free, self.config.dispatch_batch)
+                if want <= 0:
+                    continue
+                picked = self.scheduler.pop(want, now, running)
+                if not picked:
+                    break
+                tenant_of = dict(picked)
+                claims = self.store.claim([tid for tid, _ in picked], w.ident.decode(errors="replace"))
+                for c in claims:
+                    w.running[c.task_id] = c.attempt
+                    self.running_tenant[c.task_id] = tenant_of[c.task_id]
+                    running[tenant_of[c.task_id]] += 1
+                if claims:
+                    self.out.dispatches.append((w, claims))
+                    progressed = True
+            workers = [w for w in workers if w.free > 0]
+            if not progressed:
+                break

@@ -1,0 +1,144 @@
+"""Handlers for what workers send: announce, heartbeat, progress, results, goodbye.
+
+A worker is known by its routing id and bound to the key that announced it; a
+message on a known id from another key is ignored.  Results count only for the
+attempt the broker last dispatched to that worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from broker.core import Core
+from broker.keys import Principal
+from broker.registry import WorkerRecord
+from shared import protocol as p
+from shared.config import RESULT_EXTENSIONS
+
+log = logging.getLogger("cutq.broker")
+Handler = Callable[[bytes, Any, Principal], None]
+
+
+class WorkerHandlers:
+    """One method per worker message type; `table()` maps message types to them."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def table(self) -> dict[type, Handler]:
+        return {p.Ready: self.ready, p.Heartbeat: self.heartbeat, p.Results: self.results,
+                p.Progress: self.progress, p.Goodbye: self.goodbye}
+
+    def _known(self, ident: bytes, who: Principal) -> WorkerRecord | None:
+        """The live worker on `ident` if `who` owns it; an unknown one is told to announce again."""
+        w = self.core.registry.get_alive(ident)
+        if w is None:
+            self.core.out.frames.append((ident, p.encode(p.Disconnect(reason="unknown worker: announce again"))))
+            return None
+        if w.user != who.name:
+            self.core.warnings.warn("identity", "key %s sent on worker %s's identity: ignored", who.name, w.name)
+            return None
+        w.last_seen = self.core.clock()
+        return w
+
+    def ready(self, ident: bytes, msg: p.Ready, who: Principal) -> None:
+        core = self.core
+        now = core.clock()
+        old = core.registry.workers.get(ident)
+        reported = {pair[0]: pair[1] for pair in msg.running if len(pair) == 2}
+        carried: dict[int, int] = {}
+        if old is not None and old.state == "alive":
+            if old.user != who.name:
+                core.warnings.warn("identity", "key %s tried to take over worker %s's identity: ignored",
+                                   who.name, old.name)
+                return
+            # the same worker announcing again (it reconnected): what it still holds stays
+            # its own; what it never got was lost on the old connection, not by its fault
+            for task_id, attempt in list(old.running.items()):
+                if reported.get(task_id) == attempt:
+                    carried[task_id] = attempt
+                    old.running.pop(task_id)
+                else:
+                    core.hand_back(old, task_id, attempt)
+            old.state = "left"
+        w = WorkerRecord(
+            ident=ident, name=msg.name or ident.decode(errors="replace"), host=msg.host, pid=msg.pid,
+            slots=max(0, msg.slots), models=msg.models, providers=msg.providers, processors=msg.processors,
+            joined=now, last_seen=now, user=who.name,
+        )
+        core.registry.workers[ident] = w
+        w.running.update(carried)
+        for task_id, attempt in reported.items():
+            if task_id in carried:
+                continue
+            if core.store.adopt(task_id, attempt, ident.decode(errors="replace")):
+                w.running[task_id] = attempt
+                job = core.store.job(core.store.task_job(task_id) or "")
+                core.running_tenant[task_id] = job["tenant"] if job else "default"
+            else:
+                core.out.cancels[ident].append(task_id)  # superseded: stop it, don't return it
+        log.info("worker %s joined from %s pid %d with %d slots", w.name, w.host, w.pid, w.slots)
+        core.out.worker_events.append({"kind": "worker", "worker": w.name, "state": "joined"})
+
+    def heartbeat(self, ident: bytes, msg: p.Heartbeat, who: Principal) -> None:
+        w = self._known(ident, who)
+        if w is not None and msg.draining:
+            w.draining = True
+
+    def progress(self, ident: bytes, msg: p.Progress, who: Principal) -> None:
+        w = self._known(ident, who)
+        if w is None or w.running.get(msg.task_id) != msg.attempt:
+            return
+        job_id = self.core.store.task_job(msg.task_id)
+        self.core.out.worker_events.append({
+            "kind": "progress", "job_id": job_id, "task_id": msg.task_id, "stage": msg.stage,
+            "fraction": msg.fraction, "worker": w.name, "t": self.core.wall()})
+
+    def results(self, ident: bytes, msg: p.Results, who: Principal) -> None:
+        core = self.core
+        w = self._known(ident, who)
+        if w is None:
+            return  # results of a worker we declared dead are discarded; its tasks were re-queued
+        blobs = iter(msg.blobs)
+        worker_id = ident.decode(errors="replace")
+        now_s = int(core.clock())
+        for r in msg.results:
+            task_id, attempt, ok = r.get("task_id"), r.get("attempt"), bool(r.get("ok"))
+            data = next(blobs, None) if ok else None
+            if not isinstance(task_id, int) or not isinstance(attempt, int) or (ok and data is None):
+                core.warnings.warn("malformed", "dropped a result without task_id/attempt/data from %r", ident[:16])
+                continue
+            if w.running.get(task_id) != attempt:
+                continue  # cancelled or superseded meanwhile: the late result is dropped
+            tenant = core.release(w, task_id)
+            w.finished_at.append(core.clock())
+            core.out.results_seen.append((task_id, attempt, ident))
+            ext = r.get("ext") or "png"
+            if ok and (not isinstance(ext, str) or ext not in RESULT_EXTENSIONS):
+                # a worker names the stored file's format: accept only formats cutq makes
+                ok = False
+                r = {"error": f"worker {w.name} returned a result in an unknown format {str(ext)[:40]!r}",
+                     "error_kind": "transient"}
+            if ok:
+                if core.store.complete(task_id, attempt, worker_id, data, ext):
+                    w.done += 1
+                    core.rates.record(now_s, tenant or "default", r.get("processor") == "rembg")
+                continue
+            w.failed += 1
+            core.record_failure(task_id, attempt, worker_id, str(r.get("error") or "unknown error"),
+                                str(r.get("error_kind") or "transient"))
+
+    def goodbye(self, ident: bytes, msg: p.Goodbye, who: Principal) -> None:
+        core = self.core
+        w = core.registry.get_alive(ident)
+        if w is None or w.user != who.name:
+            return
+        for pair in msg.returned:
+            if len(pair) == 2 and w.running.get(pair[0]) == pair[1]:
+                core.hand_back(w, pair[0], pair[1])
+        # a leaving worker lists everything it holds; what else is dispatched to it was still on
+        # the wire when it left: not its death nor the task's fault, so back to the queue unspent
+        for task_id, attempt in list(w.running.items()):
+            core.hand_back(w, task_id, attempt)
+        core.lose_worker(w, "left", state="left")
