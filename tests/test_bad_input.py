@@ -84,6 +84,7 @@ def _inputs() -> dict[str, tuple[bytes, object]]:
     }
 
 
+@pytest.mark.timeout(300)  # rembg on ~20 inputs over 2 slots; waits up to 180 s + 60 s
 def test_every_bad_input_fails_alone_or_is_cut_out(cluster: Cluster, needs_model):
     cluster.start_broker()
     cluster.start_worker(2, "--max-pixels", "4000000", "--max-bytes", "1000000")

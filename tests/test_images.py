@@ -21,8 +21,6 @@ from PIL import Image, ImageFile
 
 from worker.images import FORMATS, InputError, load_image, open_image, sniff_format, to_rgb_or_rgba
 
-skimage = pytest.importorskip("skimage")
-PHOTOS = Path(skimage.__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -30,9 +28,15 @@ MAX_PIXELS = 64_000_000
 LIMITS = {"max_bytes": MAX_BYTES, "max_pixels": MAX_PIXELS}
 
 
+def photos_dir() -> Path:
+    """scikit-image's sample photos: only the tests that use them skip without it."""
+    skimage = pytest.importorskip("skimage")
+    return Path(skimage.__file__).parent / "data"
+
+
 def photo(name: str = "astronaut.png", size: tuple[int, int] = (160, 160)) -> Image.Image:
     """A real photo, shrunk (whole scene kept) to keep the tests fast."""
-    with Image.open(PHOTOS / name) as im:
+    with Image.open(photos_dir() / name) as im:
         return im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
 
 
@@ -192,6 +196,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.timeout(90)  # its subprocess may take 60 s
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for peak RSS")
 def test_bomb_refused_without_allocating(tmp_path):
     """In a fresh process: refusing a 36 Mpx bomb grows peak memory by almost nothing,

@@ -67,6 +67,7 @@ def hosts():
         _ip("netns", "del", b, check=False)
 
 
+@pytest.mark.timeout(180)  # a cut link, a death by silence, a rejoin; six 30 s waits
 def test_cut_link_worker_declared_dead_task_reruns_worker_rejoins(hosts, tmp_path):
     endpoint = f"tcp://10.231.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -20,6 +20,7 @@ def _pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+@pytest.mark.timeout(180)  # real inference; waits up to 120 s
 def test_rembg_result_is_pixel_identical_to_rembg_remove(cluster: Cluster, needs_model, photos):
     """The queue adds nothing and loses nothing: same bytes in, same cut-out as rembg itself."""
     import rembg
@@ -116,6 +117,7 @@ def test_retry_requeues_failed_and_cancelled(cluster: Cluster):
     assert r.returncode == 0 and json.loads(r.stdout)["requeued"] == 0  # nothing left to retry
 
 
+@pytest.mark.timeout(180)  # real inference twice; waits up to 2 x 60 s
 def test_retry_of_failed_rembg_task_runs_it_again(cluster: Cluster, needs_model):
     cluster.start_broker()
     cluster.start_worker(1)
@@ -129,6 +131,7 @@ def test_retry_of_failed_rembg_task_runs_it_again(cluster: Cluster, needs_model)
     assert status["tasks"][0]["error"]
 
 
+@pytest.mark.timeout(120)  # waits up to 60 s
 def test_two_workers_share_a_batch(cluster: Cluster):
     cluster.start_broker()
     cluster.start_worker(1, "--preload", "", name="alpha")
@@ -143,6 +146,7 @@ def test_two_workers_share_a_batch(cluster: Cluster):
     assert used == {"alpha", "beta"}, used
 
 
+@pytest.mark.timeout(120)  # a broker restart; waits up to 60 s
 def test_restarted_broker_holds_every_acknowledged_job(cluster: Cluster):
     cluster.start_broker()
     client = cluster.client()
@@ -159,6 +163,7 @@ def test_restarted_broker_holds_every_acknowledged_job(cluster: Cluster):
         assert client.fetch_result(status["tasks"][3]["task_id"])[1] == bytes([3]) * 100
 
 
+@pytest.mark.timeout(120)  # a 20 MB image; waits up to 60 s
 def test_large_input_round_trips(cluster: Cluster):
     cluster.start_broker()
     cluster.start_worker(1, "--preload", "")

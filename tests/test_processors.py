@@ -33,8 +33,6 @@ from worker.processors import (
     validate_options,
 )
 
-skimage = pytest.importorskip("skimage")
-PHOTOS = Path(skimage.__file__).parent / "data"
 REPO = Path(__file__).resolve().parent.parent
 
 try:
@@ -49,9 +47,15 @@ requires_u2netp = pytest.mark.skipif(
 THREADS = 2  # both sides of every comparison run with the same onnxruntime settings
 
 
+def photos_dir() -> Path:
+    """scikit-image's sample photos: only the tests that use them skip without it."""
+    skimage = pytest.importorskip("skimage")
+    return Path(skimage.__file__).parent / "data"
+
+
 def photo(name: str = "astronaut.png", size: tuple[int, int] | None = (160, 160)) -> Image.Image:
     """A real photo; shrunk (whole scene kept) unless size is None."""
-    with Image.open(PHOTOS / name) as im:
+    with Image.open(photos_dir() / name) as im:
         im = im.convert("RGB")
         return im if size is None else im.resize(size, Image.Resampling.LANCZOS)
 
@@ -100,7 +104,7 @@ def ref():
 
 @requires_u2netp
 def test_astronaut_is_byte_identical_to_rembg(proc, ref):
-    data = (PHOTOS / "astronaut.png").read_bytes()
+    data = (photos_dir() / "astronaut.png").read_bytes()
     out, ext = proc.process(data, {})
     assert ext == "png"
     assert out == rembg.remove(data, session=ref)
@@ -109,7 +113,7 @@ def test_astronaut_is_byte_identical_to_rembg(proc, ref):
 
 @requires_u2netp
 def test_jpeg_photo_is_byte_identical_to_rembg(proc, ref):
-    data = (PHOTOS / "rocket.jpg").read_bytes()
+    data = (photos_dir() / "rocket.jpg").read_bytes()
     assert proc.process(data, {})[0] == rembg.remove(data, session=ref)
 
 
@@ -228,26 +232,28 @@ def test_animation_uses_first_frame(proc, ref, fmt, params):
 # ---------------------------------------------------------------- bad inputs: InputError
 
 
-def _bad_inputs() -> list[tuple[str, bytes, dict, str]]:
-    png = encode(photo(), "PNG")
-    jpeg = encode(photo(), "JPEG")
-    return [
-        ("empty", b"", {}, "empty file (0 bytes)"),
-        ("random", bytes(np.random.default_rng(3).integers(0, 256, 2048, dtype=np.uint8)), {}, "not an image"),
-        ("text", b"Hello, this is a text file.\n" * 40, {}, "not an image"),
-        ("png_half", png[: len(png) // 2], {}, "truncated image data"),
-        ("jpeg_half", jpeg[: len(jpeg) // 2], {}, "truncated image data"),
-        ("over_bytes", png, {"max_bytes": 1024}, "file too large"),
-        ("over_pixels", jpeg, {"max_pixels": 100 * 100}, "image too large: 160x160 = 25600 pixels"),
-    ]
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
 
 
-BAD = _bad_inputs()
+# name -> (the bytes, made only when the case runs; the limits; the reason)
+_BAD_INPUTS = {
+    "empty": (lambda: b"", {}, "empty file (0 bytes)"),
+    "random": (lambda: bytes(np.random.default_rng(3).integers(0, 256, 2048, dtype=np.uint8)), {}, "not an image"),
+    "text": (lambda: b"Hello, this is a text file.\n" * 40, {}, "not an image"),
+    "png_half": (lambda: _half(encode(photo(), "PNG")), {}, "truncated image data"),
+    "jpeg_half": (lambda: _half(encode(photo(), "JPEG")), {}, "truncated image data"),
+    "over_bytes": (lambda: encode(photo(), "PNG"), {"max_bytes": 1024}, "file too large"),
+    "over_pixels": (lambda: encode(photo(), "JPEG"), {"max_pixels": 100 * 100},
+                    "image too large: 160x160 = 25600 pixels"),
+}
 
 
-@pytest.mark.parametrize("name,data,limits,reason", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_an_input_error_before_any_model_work(name, data, limits, reason):
+@pytest.mark.parametrize("name", list(_BAD_INPUTS))
+def test_bad_input_is_an_input_error_before_any_model_work(name):
     # Refused before any session is loaded (and so on a machine without the weights too).
+    make, limits, reason = _BAD_INPUTS[name]
+    data = make()
     proc = RembgProcessor(**limits)
     with pytest.raises(InputError, match=reason.replace("(", r"\(").replace(")", r"\)")):
         proc.process(data, {})
@@ -439,6 +445,7 @@ print(json.dumps(heavy))
 """
 
 
+@pytest.mark.timeout(90)  # its subprocess may take 60 s
 def test_validate_options_imports_nothing_heavy():
     """The broker imports validate_options: it must not drag in rembg or onnxruntime."""
     done = subprocess.run([sys.executable, "-c", _HYGIENE], cwd=REPO, capture_output=True, text=True, timeout=60)

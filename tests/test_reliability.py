@@ -125,6 +125,7 @@ def big_photo(side: int = 2000) -> bytes:
 # ---------------------------------------------------------------- 1. kill -9 a worker mid-task
 
 
+@pytest.mark.timeout(180)  # real inference on a second worker; waits up to 120 s
 def test_kill9_worker_mid_rembg_task_reruns_elsewhere_recorded_once(cluster: Cluster, needs_model, photos, reaper):
     cluster.start_broker()
     a = cluster.start_worker(1, "--threads", "1", name="a")
@@ -170,6 +171,7 @@ def test_kill9_worker_mid_rembg_task_reruns_elsewhere_recorded_once(cluster: Clu
 # ---------------------------------------------------------------- 2. kill -9 the broker under submissions
 
 
+@pytest.mark.timeout(180)  # a broker crash under load; waits up to 30+30+60+60 s
 def test_kill9_broker_while_clients_submit_loses_no_acknowledged_job(cluster: Cluster):
     cluster.start_broker()
     acked: list[tuple[str, list[tuple[str, bytes]]]] = []
@@ -291,6 +293,7 @@ def test_queue_full_is_refused_whole_with_depth_and_retry_after(cluster: Cluster
 # ---------------------------------------------------------------- 3. soak under chaos
 
 
+@pytest.mark.timeout(300)  # a 120 s chaos phase, then the checks
 @pytest.mark.soak
 def test_soak_chaos_kills_workers_every_task_done_exactly_once(cluster: Cluster, reaper):
     """N noop tasks (CUTQ_SOAK_TASKS, default 5000) plus sleep tasks that occupy slot processes,
@@ -437,6 +440,7 @@ def test_sigterm_broker_exits_zero_with_a_clean_database(cluster: Cluster):
 # ---------------------------------------------------------------- 7. heartbeats, freezes, reconnects
 
 
+@pytest.mark.timeout(120)  # SIGSTOP, death by silence, rejoin; waits up to 95 s in all
 def test_frozen_worker_is_declared_dead_then_rejoins_and_its_late_result_is_dropped(cluster: Cluster):
     cluster.start_broker()
     frozen = cluster.start_worker(1, "--preload", "", name="frozen")

@@ -474,6 +474,7 @@ def test_a_revoked_worker_key_gets_no_more_tasks(cluster: Cluster, secure: Keys)
 # ---------------------------------------------------------------- safe defaults
 
 
+@pytest.mark.timeout(120)  # two daemon start-ups; waits up to 90 s in all
 def test_binding_a_public_address_without_keys_needs_insecure(cluster: Cluster, tmp_path: Path):
     port = free_port()
     data = tmp_path / "nokeys"

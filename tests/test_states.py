@@ -75,7 +75,8 @@ def test_the_table_has_every_state_and_nothing_else() -> None:
     assert TRANSITIONS["done"] == frozenset()  # done is final
 
 
-@pytest.mark.parametrize(("source", "target"), [("bogus", "queued"), ("queued", "bogus"), ("", ""), ("QUEUED", "running")])
+@pytest.mark.parametrize(("source", "target"),
+                         [("bogus", "queued"), ("queued", "bogus"), ("", ""), ("QUEUED", "running")])
 def test_unknown_states_are_refused(source: str, target: str) -> None:
     with pytest.raises(IllegalTransition):
         check_transition(source, target)

@@ -26,6 +26,7 @@ def _set(cluster: Cluster, tenant: str, *flags: str) -> dict:
     return json.loads(r.stdout)
 
 
+@pytest.mark.timeout(120)  # 2,020 tasks; waits up to 60 s
 def test_a_small_tenant_is_not_stuck_behind_a_big_backlog(cluster: Cluster):
     """A queues 2,000 noop tasks, then B queues 20; only then do 2 workers (64 slots each) start.
 
@@ -56,6 +57,7 @@ def test_a_small_tenant_is_not_stuck_behind_a_big_backlog(cluster: Cluster):
     assert max(a_before_each_b) < 0.1 * 2000  # "within the first few percent"
 
 
+@pytest.mark.timeout(120)  # a measured run; waits up to 60 s
 def test_weights_hold_within_10_percent(cluster: Cluster):
     """A weight 3, B weight 1, both with deep backlogs of 20 ms tasks on one worker of 4
     slots: slots free up one at a time, so the scheduler is asked for 1-4 tasks at a time.
@@ -75,6 +77,7 @@ def test_weights_hold_within_10_percent(cluster: Cluster):
     assert a / b == pytest.approx(3.0, rel=0.10), (a, b)
 
 
+@pytest.mark.timeout(120)  # a measured run; waits up to 60 s
 def test_max_running_cap_holds_under_load(cluster: Cluster):
     cluster.start_broker()
     _set(cluster, "A", "--max-running", "2")
@@ -149,6 +152,7 @@ def test_quota_refusal_is_clear_and_stores_nothing(cluster: Cluster, tmp_path):
     assert client.stats()["by_tenant"]["A"]["queued"] == 10
 
 
+@pytest.mark.timeout(120)  # a broker restart; waits up to 90 s in all
 def test_pause_of_a_tenant_and_global_pause_survive_a_broker_restart(cluster: Cluster):
     cluster.start_broker()
     client = cluster.client()

@@ -175,6 +175,7 @@ async def test_retry_a_failed_job(cluster: Cluster, tmp_path: Path) -> None:
                          "the retried task to fail again")
 
 
+@pytest.mark.timeout(180)  # real inference; waits up to 90 + 5 + 20 s
 @run_async
 async def test_real_rembg_job_with_preview(cluster: Cluster, tmp_path: Path) -> None:
     if not model_available():

@@ -336,6 +336,7 @@ def test_split_paths_quotes_and_home() -> None:
 # ---------------------------------------------------------------- import hygiene
 
 
+@pytest.mark.timeout(90)  # its subprocess may take 60 s
 def test_tui_never_imports_the_broker_worker_or_rembg() -> None:
     code = ("import sys, tui.app, tui.memory, tui.__main__; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('broker', 'worker', 'rembg', 'onnxruntime')); "
