@@ -103,11 +103,11 @@ class WorkerHandlers:
         blobs = iter(msg.blobs)
         worker_id = ident.decode(errors="replace")
         now_s = int(core.clock())
-        for r in msg.results:
-            task_id, attempt, ok = r.get("task_id"), r.get("attempt"), bool(r.get("ok"))
+        for r in msg.results:  # entries were type-checked on decode (p.TaskResult)
+            task_id, attempt, ok = r["task_id"], r["attempt"], r["ok"]
             data = next(blobs, None) if ok else None
-            if not isinstance(task_id, int) or not isinstance(attempt, int) or (ok and data is None):
-                core.warnings.warn("malformed", "dropped a result without task_id/attempt/data from %r", ident[:16])
+            if ok and data is None:
+                core.warnings.warn("malformed", "dropped a result without its bytes from %r", ident[:16])
                 continue
             if w.running.get(task_id) != attempt:
                 continue  # cancelled or superseded meanwhile: the late result is dropped
@@ -115,19 +115,18 @@ class WorkerHandlers:
             w.finished_at.append(core.clock())
             core.out.results_seen.append((task_id, attempt, ident))
             ext = r.get("ext") or "png"
-            if ok and (not isinstance(ext, str) or ext not in RESULT_EXTENSIONS):
+            error, kind = r.get("error") or "unknown error", r.get("error_kind") or "transient"
+            if ok and ext not in RESULT_EXTENSIONS:
                 # a worker names the stored file's format: accept only formats cutq makes
-                ok = False
-                r = {"error": f"worker {w.name} returned a result in an unknown format {str(ext)[:40]!r}",
-                     "error_kind": "transient"}
-            if ok:
+                ok, kind = False, "transient"
+                error = f"worker {w.name} returned a result in an unknown format {ext[:40]!r}"
+            if ok and data is not None:
                 if core.store.complete(task_id, attempt, worker_id, data, ext):
                     w.done += 1
                     core.rates.record(now_s, tenant or "default", r.get("processor") == "rembg")
                 continue
             w.failed += 1
-            core.record_failure(task_id, attempt, worker_id, str(r.get("error") or "unknown error"),
-                                str(r.get("error_kind") or "transient"))
+            core.record_failure(task_id, attempt, worker_id, error, kind)
 
     def goodbye(self, ident: bytes, msg: p.Goodbye, who: Principal) -> None:
         core = self.core

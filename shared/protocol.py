@@ -16,7 +16,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import msgpack
 
@@ -28,6 +28,43 @@ MAX_STR = 64 * 1024
 
 class ProtocolError(ValueError):
     """A frame list that is not a valid cutq message (bad version, type, body or field)."""
+
+
+# ---------------------------------------------------------------- records inside messages
+# Entries of Dispatch and Results, validated once on decode like every field: a
+# handler can index them without checking types again.
+
+
+# (required keys in a base class: NotRequired[] is not seen under `from __future__ import annotations`)
+class _TaskSpecKeys(TypedDict):
+    task_id: int
+    attempt: int
+    name: str
+    processor: str
+    options: dict
+
+
+class TaskSpec(_TaskSpecKeys, total=False):
+    """One task in a Dispatch; its input is the blob at the same index."""
+
+    job_id: str
+
+
+class _TaskResultKeys(TypedDict):
+    task_id: int
+    attempt: int
+    ok: bool
+
+
+class TaskResult(_TaskResultKeys, total=False):
+    """One finished attempt in Results; an ok one's bytes are the next blob.
+
+    error_kind is "input" (deterministic, never retried) or "transient"."""
+
+    ext: str
+    error: str
+    error_kind: str
+    processor: str
 
 
 @dataclass
@@ -214,7 +251,7 @@ class Dispatch(Message):
     """Broker -> worker: tasks to run, blob i is the input of tasks[i]."""
 
     TYPE: ClassVar[bytes] = b"DISPATCH"
-    tasks: list[dict]  # {"task_id", "attempt", "name", "processor", "options"}
+    tasks: list[TaskSpec]
 
 
 @dataclass
@@ -228,14 +265,10 @@ class Progress(Message):
 
 @dataclass
 class Results(Message):
-    """Worker -> broker: finished tasks; ok results carry their bytes in blobs, in order.
-
-    Each result is {"task_id", "attempt", "ok", "ext", "error", "error_kind"};
-    error_kind is "input" (deterministic, never retried) or "transient".
-    """
+    """Worker -> broker: finished tasks; ok results carry their bytes in blobs, in order."""
 
     TYPE: ClassVar[bytes] = b"RESULTS"
-    results: list[dict]
+    results: list[TaskResult]
 
 
 @dataclass
@@ -356,4 +389,19 @@ def _conforms(value: Any, hint: Any) -> bool:
         return isinstance(value, list)
     if hint is Any:
         return True
+    if typing.is_typeddict(hint):
+        return isinstance(value, dict) and _record_conforms(value, hint)
     return isinstance(value, hint)
+
+
+def _record_conforms(value: dict, record: Any) -> bool:
+    """Every required key of the TypedDict present, and every known key of its type."""
+    hints = _RECORD_HINTS.get(record)
+    if hints is None:
+        hints = _RECORD_HINTS[record] = typing.get_type_hints(record)
+    if not record.__required_keys__ <= value.keys():
+        return False
+    return all(_conforms(value[k], h) for k, h in hints.items() if k in value)
+
+
+_RECORD_HINTS: dict[Any, dict[str, Any]] = {}

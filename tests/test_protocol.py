@@ -201,6 +201,12 @@ WRONG: dict[Any, list[Any]] = {
     list[list[int]]: [[1, 2], [[1, "2"]], [{}], [None], None],
     str | None: [1, b"x", ["x"]],
     list[int] | None: [1, ["1"], [None], "1"],
+    list[p.TaskSpec]: [{}, [{}], [{"task_id": 1}], [1],
+                       [{"task_id": "1", "attempt": 1, "name": "a", "processor": "noop", "options": {}}],
+                       [{"task_id": 1, "attempt": 1, "name": "a", "processor": "noop", "options": []}], None],
+    list[p.TaskResult]: [{}, [{}], [{"task_id": 1, "attempt": 1}], [None],
+                         [{"task_id": 1, "attempt": 1, "ok": 1}],
+                         [{"task_id": 1, "attempt": 1, "ok": True, "ext": 5}], None],
 }
 
 
