@@ -8,8 +8,9 @@ import sys
 from typing import Any
 
 from cli.output import ago, bar, counts, print_json, table
-from shared.client import Client, collect_images
+from shared.client import Client, CutqError, collect_images
 from shared.config import DEFAULT_MODEL
+from shared.names import validate_input_name
 from shared.options import PROCESSORS
 from shared.states import TASK_STATES, TERMINAL
 
@@ -42,6 +43,9 @@ def _print_fetch_problems(problems: list[str]) -> None:
 
 def cmd_submit(args: argparse.Namespace, client: Client) -> int:
     files = collect_images(args.files)
+    for f in files:  # before reading or sending anything
+        if problem := validate_input_name(f.name):
+            raise CutqError(problem, code="bad_request")
     job_id = client.submit(
         [(f.name, f.read_bytes()) for f in files], processor=args.processor, options=_options(args),
         priority=args.priority, tenant=args.tenant,

@@ -19,6 +19,7 @@ import zmq
 
 from shared import protocol as p
 from shared.config import default_endpoint
+from shared.names import name_key, safe_result_name, validate_input_name
 from shared.security import Credentials
 from shared.states import TERMINAL
 
@@ -161,6 +162,10 @@ class Client:
         but at least 60 s, since a large upload takes a while to commit)."""
         if not files:
             raise CutqError("a job needs at least one image", code="bad_request")
+        for name, _ in files:  # before anything is sent
+            problem = validate_input_name(name)
+            if problem:
+                raise CutqError(problem, code="bad_request")
         msg = p.Submit(
             req=0, names=[n for n, _ in files], processor=processor,
             options=dict(options or {}), priority=priority, tenant=tenant,
@@ -217,18 +222,46 @@ class Client:
         reply = self._request(p.Fetch(req=0, task_id=task_id, what=what), timeout=max(self.timeout, 60.0))
         return reply.data, reply.blobs[0]
 
-    def fetch(self, job_id: str, out_dir: str | os.PathLike) -> list[Path]:
-        """Write every done task's result of a job as out_dir/<input stem>.<ext>."""
+    def fetch(self, job_id: str, out_dir: str | os.PathLike, *, problems: list[str] | None = None) -> list[Path]:
+        """Write every done task's result of a job into out_dir; returns the files written.
+
+        Each file is named by `shared.names.safe_result_name` (`<input stem>.<ext>`, one path
+        component, distinct within the job: `a.jpg` and `a.png` become `a.png` and `a-2.png`),
+        must resolve inside out_dir (a link pointing out is refused), and is written to a
+        temporary name then renamed.  A result that cannot be fetched or written is skipped
+        and the others still written: its one-line reason goes to `problems` if given, else a
+        CutqError naming them is raised at the end.  No broker (BrokerUnavailable) stops at once.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
+        root = out.resolve()
         written: list[Path] = []
+        skipped: list[str] = []
+        taken: set[str] = set()
         for task in self.status(job_id)["tasks"]:
             if task["state"] != "done":
                 continue
-            meta, data = self.fetch_result(task["task_id"])
-            target = out / result_filename(task["name"], meta["ext"])
-            target.write_bytes(data)
-            written.append(target)
+            label = f"task {task['task_id']} ({_label(task['name'])})"
+            try:
+                meta, data = self.fetch_result(task["task_id"])
+            except BrokerUnavailable:
+                raise
+            except CutqError as e:
+                skipped.append(f"{label}: {e}")
+                continue
+            name = safe_result_name(task["name"], meta.get("ext"), task["task_id"], taken)
+            taken.add(name_key(name))
+            try:
+                _write_inside(root, name, data)
+            except (OSError, CutqError) as e:
+                skipped.append(f"{label}: not written: {e}")
+                continue
+            written.append(out / name)
+        if problems is not None:
+            problems.extend(skipped)
+        elif skipped:
+            raise CutqError(f"{len(skipped)} result(s) of job {job_id} not written "
+                            f"({len(written)} written): {skipped[0]}", code="fetch_failed")
         return written
 
     # ------------------------------------------------------------------ events
@@ -292,5 +325,40 @@ class Client:
 
 
 def result_filename(input_name: str, ext: str) -> str:
-    """`photo.jpg` + `png` -> `photo.png`: results are named after their input's stem."""
+    """`photo.jpg` + `png` -> `photo.png`: results are named after their input's stem.
+
+    For display only: it trusts both parts.  Files are named by `shared.names.safe_result_name`."""
     return f"{Path(input_name).stem}.{ext}"
+
+
+def _label(name: object, limit: int = 60) -> str:
+    """An untrusted name shortened and quoted for a one-line message."""
+    text = str(name)
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
+
+
+def _write_inside(root: Path, name: str, data: bytes) -> Path:
+    """Write `data` as root/name, refusing a target that resolves outside `root` (`root` resolved).
+
+    The bytes go to a fresh hidden temporary file in `root` (O_EXCL, never following a link),
+    which then replaces root/name: a link already at root/name is replaced, not written through.
+    """
+    target = root / name
+    resolved = target.resolve()
+    if resolved.parent != root or resolved.name in ("", ".", ".."):
+        raise CutqError(f"{name!r} resolves to {str(resolved)!r}, outside {str(root)!r}; refused",
+                        code="unsafe_path")
+    tmp = root / f".{name}.{os.getpid()}.part"
+    tmp.unlink(missing_ok=True)  # left by a killed fetch of the same pid; a link is removed, not followed
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
