@@ -59,9 +59,9 @@ class Cluster:
         self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=env or self.env, cwd=self.tmp)
+        with open(self.tmp / f"{name}.log", "ab") as log:  # the child keeps its own copy of the file
+            return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                    env=env or self.env, cwd=self.tmp)
 
     def start_broker(self, *extra: str, wait: bool = True) -> subprocess.Popen:
         self.broker = self._spawn("broker", [
