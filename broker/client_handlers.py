@@ -19,7 +19,7 @@ from broker.registry import Subscription
 from broker.scheduler import TenantPolicy
 from shared import protocol as p
 from shared.options import PROCESSORS, validate_options
-from shared.states import TASK_STATES
+from shared.states import TASK_STATES, TaskState
 
 Handler = Callable[[bytes, Any, Principal], None]
 _POLICY_FIELDS: dict[str, type] = {"weight": float, "max_running": int, "rate": float, "max_queued": int}
@@ -116,7 +116,7 @@ class ClientHandlers:
         if msg.tasks:
             job["tasks"] = store.job_tasks(msg.job_id)
             for t in job["tasks"]:
-                if t["state"] == "failed" or t["worker_deaths"] or t["failures"]:
+                if t["state"] == TaskState.FAILED or t["worker_deaths"] or t["failures"]:
                     t["history"] = store.task_attempts(t["task_id"])
         job["position"], job["eta_s"] = None, None
         if job["queued"]:
@@ -170,7 +170,7 @@ class ClientHandlers:
         core = self.core
         cancelled = core.store.cancel(msg.job_id, msg.task_ids)
         for task_id, _attempt, worker, old in cancelled:
-            if old != "running" or worker is None:
+            if old != TaskState.RUNNING or worker is None:
                 continue
             w = core.registry.get_alive(worker.encode())
             if w is not None and task_id in w.running:

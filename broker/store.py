@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.states import TASK_STATES, allowed_sources, check_transition, job_state
+from shared.states import TASK_STATES, TaskState, allowed_sources, check_transition, job_state
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = (TaskState.QUEUED, TaskState.RUNNING, TaskState.DONE,
+                                             TaskState.FAILED, TaskState.CANCELLED)
 
 SCHEMA_VERSION = 1
 
@@ -267,7 +270,7 @@ class Store:
         d = self._deltas[job_id]
         d[old] -= 1
         d[new] += 1
-        self.depth += (new == "queued") - (old == "queued")
+        self.depth += (new == QUEUED) - (old == QUEUED)
         self.changes.append(change)
 
     # ------------------------------------------------------------------ meta (pause flags)
@@ -313,7 +316,7 @@ class Store:
             [(tid, job_id, i, name, now, len(blob)) for i, (tid, name, blob) in enumerate(zip(ids, names, blobs))],
         )
         self._db.executemany("INSERT INTO inputs (task_id, data) VALUES (?, ?)", zip(ids, blobs))
-        self.changes.extend(Change(tid, job_id, "queued") for tid in ids)
+        self.changes.extend(Change(tid, job_id, QUEUED) for tid in ids)
         self.depth += len(names)
         return job_id, [QueuedTask(tid, tenant, priority, 0.0) for tid in ids]
 
@@ -329,7 +332,7 @@ class Store:
         claimed: list[Claimed] = []
         for tid in task_ids:
             job_id = self._transition(
-                tid, "queued", "running", "attempts = attempts + 1, worker = ?, started = ?, error = NULL",
+                tid, QUEUED, RUNNING, "attempts = attempts + 1, worker = ?, started = ?, error = NULL",
                 (worker, now),
             )
             if job_id is None:
@@ -341,7 +344,7 @@ class Store:
                 "INSERT OR REPLACE INTO attempts (task_id, attempt, worker, started) VALUES (?, ?, ?, ?)",
                 (tid, attempt, worker, now),
             )
-            self._moved(job_id, "queued", "running", Change(tid, job_id, "running", worker, None, attempt))
+            self._moved(job_id, QUEUED, RUNNING, Change(tid, job_id, RUNNING, worker, None, attempt))
             claimed.append(Claimed(tid, attempt, job_id, name, processor, options, data))
         return claimed
 
@@ -382,14 +385,14 @@ class Store:
         """Record a result if this attempt is the current one on `worker`; else discard it."""
         self._begin()
         job_id = self._transition(
-            task_id, "running", "done", "finished = ?, result_ext = ?, error = NULL",
+            task_id, RUNNING, DONE, "finished = ?, result_ext = ?, error = NULL",
             (self._clock(), ext), self._CURRENT, (attempt, worker),
         )
         if job_id is None:
             return False
         self._db.execute("INSERT OR REPLACE INTO results (task_id, data) VALUES (?, ?)", (task_id, data))
         self._finish_attempt(task_id, attempt, "done", None)
-        self._moved(job_id, "running", "done", Change(task_id, job_id, "done", worker, None, attempt))
+        self._moved(job_id, RUNNING, DONE, Change(task_id, job_id, DONE, worker, None, attempt))
         return True
 
     def fail(self, task_id: int, attempt: int, worker: str, error: str, *, retry_at: float | None) -> str | None:
@@ -398,16 +401,16 @@ class Store:
         Returns the task's new state, or None if the attempt was stale and ignored.
         """
         self._begin()
-        target = "queued" if retry_at is not None else "failed"
+        target = QUEUED if retry_at is not None else FAILED
         job_id = self._transition(
-            task_id, "running", target, "error = ?, failures = failures + 1, not_before = ?, finished = ?",
+            task_id, RUNNING, target, "error = ?, failures = failures + 1, not_before = ?, finished = ?",
             (error, retry_at or 0.0, None if retry_at is not None else self._clock()),
             self._CURRENT, (attempt, worker),
         )
         if job_id is None:
             return None
         self._finish_attempt(task_id, attempt, "failed", error)
-        self._moved(job_id, "running", target, Change(task_id, job_id, target, worker, error, attempt))
+        self._moved(job_id, RUNNING, target, Change(task_id, job_id, target, worker, error, attempt))
         return target
 
     def requeue_lost(self, task_id: int, attempt: int, worker: str, reason: str, max_deaths: int) -> str | None:
@@ -421,38 +424,38 @@ class Store:
             return None
         deaths = row[0] + 1
         if deaths >= max_deaths:
-            target, sets = "failed", "worker_deaths = ?, error = ?, finished = ?"
+            target, sets = FAILED, "worker_deaths = ?, error = ?, finished = ?"
             error = f"quarantined: {deaths} workers died while running it (last: {reason})"
             params: tuple = (deaths, error, self._clock())
         else:
-            target, sets, error, params = "queued", "worker_deaths = ?", reason, (deaths,)
-        job_id = self._transition(task_id, "running", target, sets, params, self._CURRENT, (attempt, worker))
+            target, sets, error, params = QUEUED, "worker_deaths = ?", reason, (deaths,)
+        job_id = self._transition(task_id, RUNNING, target, sets, params, self._CURRENT, (attempt, worker))
         if job_id is None:
             return None
         self._finish_attempt(task_id, attempt, "lost", reason)
-        self._moved(job_id, "running", target, Change(task_id, job_id, target, worker, error, attempt))
+        self._moved(job_id, RUNNING, target, Change(task_id, job_id, target, worker, error, attempt))
         return target
 
     def hand_back(self, task_id: int, attempt: int, worker: str) -> bool:
         """A draining worker returned a task it had not finished: re-queue, costing nothing."""
         self._begin()
         job_id = self._transition(
-            task_id, "running", "queued", "attempts = attempts - 1, started = NULL",
+            task_id, RUNNING, QUEUED, "attempts = attempts - 1, started = NULL",
             (), self._CURRENT, (attempt, worker),
         )
         if job_id is None:
             return False
         self._db.execute("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt))
-        self._moved(job_id, "running", "queued", Change(task_id, job_id, "queued", worker, None, attempt))
+        self._moved(job_id, RUNNING, QUEUED, Change(task_id, job_id, QUEUED, worker, None, attempt))
         return True
 
     def adopt(self, task_id: int, attempt: int, worker: str) -> bool:
         """After a broker restart, take back a task its worker still runs (same attempt)."""
         self._begin()
-        job_id = self._transition(task_id, "queued", "running", "", (), self._CURRENT, (attempt, worker))
+        job_id = self._transition(task_id, QUEUED, RUNNING, "", (), self._CURRENT, (attempt, worker))
         if job_id is None:
             return False
-        self._moved(job_id, "queued", "running", Change(task_id, job_id, "running", worker, None, attempt))
+        self._moved(job_id, QUEUED, RUNNING, Change(task_id, job_id, RUNNING, worker, None, attempt))
         return True
 
     def recover(self) -> int:
@@ -460,13 +463,13 @@ class Store:
         self._begin()
         rows = self._db.execute("SELECT id, attempts, worker FROM tasks WHERE state = 'running'").fetchall()
         for tid, attempt, worker in rows:
-            job_id = self._transition(tid, "running", "queued")
+            job_id = self._transition(tid, RUNNING, QUEUED)
             if job_id is not None:
                 # close the interrupted attempt; if its worker re-announces it, adoption and its
                 # result rewrite this row to 'done'
                 self._finish_attempt(tid, attempt, "lost", "broker restarted")
-                self._moved(job_id, "running", "queued",
-                            Change(tid, job_id, "queued", worker, "broker restarted", attempt))
+                self._moved(job_id, RUNNING, QUEUED,
+                            Change(tid, job_id, QUEUED, worker, "broker restarted", attempt))
         self.commit()
         return len(rows)
 
@@ -500,12 +503,12 @@ class Store:
         """Cancel a job's queued and running tasks; returns (task_id, attempt, worker, old_state)."""
         self._begin()
         out = []
-        for tid, state, attempt, worker in self._select_tasks(job_id, task_ids, allowed_sources("cancelled")):
-            if self._transition(tid, state, "cancelled", "finished = ?", (self._clock(),)) is None:
+        for tid, state, attempt, worker in self._select_tasks(job_id, task_ids, allowed_sources(CANCELLED)):
+            if self._transition(tid, state, CANCELLED, "finished = ?", (self._clock(),)) is None:
                 continue
-            if state == "running":
+            if state == RUNNING:
                 self._finish_attempt(tid, attempt, "cancelled", None)
-            self._moved(job_id, state, "cancelled", Change(tid, job_id, "cancelled", worker, None, attempt))
+            self._moved(job_id, state, CANCELLED, Change(tid, job_id, CANCELLED, worker, None, attempt))
             out.append((tid, attempt, worker, state))
         return out
 
@@ -514,13 +517,13 @@ class Store:
         self._begin()
         tenant, priority = self._db.execute("SELECT tenant, priority FROM jobs WHERE id = ?", (job_id,)).fetchone()
         out = []
-        for tid, state, attempt, worker in self._select_tasks(job_id, task_ids, allowed_sources("queued")):
-            if state == "running":
+        for tid, state, attempt, worker in self._select_tasks(job_id, task_ids, allowed_sources(QUEUED)):
+            if state == RUNNING:
                 continue  # running -> queued is a requeue, not something a user asks for
             sets = "failures = 0, worker_deaths = 0, not_before = 0, finished = NULL"
-            if self._transition(tid, state, "queued", sets) is None:
+            if self._transition(tid, state, QUEUED, sets) is None:
                 continue
-            self._moved(job_id, state, "queued", Change(tid, job_id, "queued", None, None, attempt))
+            self._moved(job_id, state, QUEUED, Change(tid, job_id, QUEUED, None, None, attempt))
             out.append(QueuedTask(tid, tenant, priority, 0.0))
         return out
 
