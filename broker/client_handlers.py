@@ -42,7 +42,7 @@ class ClientHandlers:
 
     # ------------------------------------------------------------------ helpers
 
-    def _job_or_error(self, ident: bytes, msg: p.Message, job_id: str, who: Principal) -> dict | None:
+    def _job_or_error(self, ident: bytes, msg: p.Message, job_id: str, who: Principal) -> dict[str, Any] | None:
         job = self.core.store.job(job_id)
         if job is None or not access.can_see(who, job["tenant"]):
             self.core.out.error(ident, msg, f"job {job_id} not found", "not_found")

@@ -7,6 +7,8 @@ dispatch.  Without CURVE there is nothing to watch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import logging
 
 import zmq
@@ -21,7 +23,7 @@ log = logging.getLogger("cutq.broker")
 class ConnectionWatch:
     """Maps connection fds to the worker last heard on them; acts on disconnect events."""
 
-    def __init__(self, sock: zmq.Socket, registry: Registry) -> None:
+    def __init__(self, sock: zmq.Socket[bytes], registry: Registry) -> None:
         self.sock = sock
         self.registry = registry
         self.monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)

@@ -85,11 +85,11 @@ class Core:
             w.running.clear()
         self.orphans = []
         for task_id, attempt, worker, tenant in self.store.running_tasks():
-            w = alive.get(worker or "")
-            if w is None:
+            holder = alive.get(worker or "")
+            if holder is None:
                 self.orphans.append((task_id, attempt, worker or ""))
                 continue
-            w.running[task_id] = attempt
+            holder.running[task_id] = attempt
             self.running_tenant[task_id] = tenant
 
     def requeue_orphans(self) -> None:

@@ -20,9 +20,12 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import zmq
 import zmq.auth
+
+from broker.logs import Throttle
 
 log = logging.getLogger("cutq.keys")
 ROLES = ("client", "admin", "worker")
@@ -140,10 +143,10 @@ def init_keys(data_dir: Path) -> Path:
 class KeyRing:
     """The registry of peer keys, re-read from disk when its file changes."""
 
-    def __init__(self, data_dir: Path, clock=time.monotonic) -> None:
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = keys_dir(data_dir) / "registry.json"
         self._clock = clock
-        self._entries: dict[str, dict] = {}
+        self._entries: dict[str, dict[str, Any]] = {}
         self._mtime: float | None = None
         self._next_check = 0.0
         self.version = 0  # bumped whenever the entries change, so the broker can re-check who is connected
@@ -214,19 +217,20 @@ class KeyRing:
                 return
         raise KeysError(f"no key named {name!r}")
 
-    def entries(self) -> list[dict]:
+    def entries(self) -> list[dict[str, Any]]:
         return [{"public_key": k, **v} for k, v in sorted(self._entries.items(), key=lambda kv: kv[1]["name"])]
 
 
 class ZapHandler:
     """Answers libzmq's ZAP requests from the broker's own loop (no thread needed)."""
 
-    def __init__(self, context: zmq.Context, keyring: KeyRing) -> None:
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], keyring: KeyRing) -> None:
         self.keyring = keyring
         self.sock = context.socket(zmq.REP)
         self.sock.linger = 0
         self.sock.bind(ZAP_ENDPOINT)
         self.refused = 0
+        self._warnings = Throttle(log)  # a flood of random keys must not flood the log
 
     def handle(self) -> None:
         """Answer every waiting handshake check."""
@@ -252,7 +256,8 @@ class ZapHandler:
             who = self.keyring.lookup(key)
         if who is None:
             self.refused += 1
-            log.warning("refused handshake from %s: unknown or revoked key %s...", address.decode(errors="replace"), key[:8])
+            self._warnings.warn("handshake", "refused handshake from %s: unknown or revoked key %s...",
+                                address.decode(errors="replace"), key[:8])
             return [version, request_id, b"400", b"unknown or revoked key", b"", b""]
         return [version, request_id, b"200", b"OK", key.encode(), b""]
 

@@ -5,6 +5,8 @@ Plain in-memory bookkeeping for the broker loop; nothing here touches sockets or
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -29,13 +31,13 @@ class WorkerRecord:
     state: str = "alive"  # alive | dead | left
     draining: bool = False  # finishing what it holds, takes nothing new
     user: str = "anonymous"  # the authenticated key that registered it
-    finished_at: deque = field(default_factory=lambda: deque(maxlen=256))
+    finished_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
 
     @property
     def free(self) -> int:
         return self.slots - len(self.running) if self.state == "alive" and not self.draining else 0
 
-    def public(self, now_mono: float, now_wall: float) -> dict:
+    def public(self, now_mono: float, now_wall: float) -> dict[str, Any]:
         """The worker as clients see it (`cutq workers`, the TUI)."""
         recent = [t for t in self.finished_at if t >= now_mono - 10.0]
         return {

@@ -51,7 +51,7 @@ class Broker:
         self,
         config: BrokerConfig,
         *,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
@@ -93,14 +93,15 @@ class Broker:
 
     # ------------------------------------------------------------------ setup
 
-    def _make_socket(self) -> zmq.Socket:
+    def _make_socket(self) -> zmq.Socket[bytes]:
         s = self._ctx.socket(zmq.ROUTER)
         s.setsockopt(zmq.LINGER, 1000)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a departed peer raises, never drops silently
         # a reconnecting worker keeps its identity; with CURVE, nobody may take over another's
         s.setsockopt(zmq.ROUTER_HANDOVER, 0 if self.secure else 1)
-        # no frame may exceed the whole message's cap; the total is checked on receipt
-        s.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        # the whole message's cap is checked on receipt, so an oversized submission gets a
+        # too_large answer; a single frame past twice the cap is hostile: libzmq drops its connection
+        s.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_message_bytes)
         s.setsockopt(zmq.SNDHWM, self.config.sndhwm)
         s.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
         # ZMTP heartbeats drop dead TCP connections, so a worker's identity frees up after a cut
@@ -212,7 +213,7 @@ class Broker:
                 return
             self._handle(frames, writable)
 
-    def _principal(self, frames: list) -> Principal | None:
+    def _principal(self, frames: list[Any]) -> Principal | None:
         """Who sent these frames: by the key ZAP authenticated (User-Id), never by routing id."""
         if not self.secure:
             return OPEN
@@ -222,7 +223,7 @@ class Broker:
             return None
         return self.keyring.lookup(user) if user and self.keyring else None
 
-    def _handle(self, frames: list, writable: bool) -> None:
+    def _handle(self, frames: list[Any], writable: bool) -> None:
         out, warnings = self.core.out, self.core.warnings
         if len(frames) < 2:
             warnings.warn("malformed", "dropped a malformed message: no envelope")

@@ -14,7 +14,7 @@ import sqlite3
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,7 @@ class _Connection:
             raise StoreError(f"could not open {path}: {e}") from e
         self.path = path
 
-    def execute(self, sql: str, params: Sequence[Any] | dict = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor:
         try:
             return self._db.execute(sql, params)
         except sqlite3.Error as e:
@@ -146,7 +146,7 @@ class Claimed:
     job_id: str
     name: str
     processor: str
-    options: dict
+    options: dict[str, Any]
     data: bytes
 
 
@@ -171,7 +171,7 @@ class Store:
         *,
         synchronous: str = "FULL",
         busy_timeout_ms: int = 5000,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = str(path)
         self._clock = clock
@@ -188,7 +188,7 @@ class Store:
         self._in_tx = False
         self._deltas: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.changes: list[Change] = []
-        self._job_cache: dict[str, tuple[str, dict]] = {}
+        self._job_cache: dict[str, tuple[str, dict[str, Any]]] = {}
         self.depth = self.queued_depth()  # queued tasks, kept in step by every write
 
     # ------------------------------------------------------------------ schema & transactions
@@ -295,7 +295,7 @@ class Store:
         names: Sequence[str],
         blobs: Sequence[bytes],
         processor: str,
-        options: dict,
+        options: dict[str, Any],
         tenant: str,
         priority: int,
     ) -> tuple[str, list[QueuedTask]]:
@@ -321,7 +321,7 @@ class Store:
         return job_id, [QueuedTask(tid, tenant, priority, 0.0) for tid in ids]
 
     def queued_depth(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'queued'").fetchone()[0]
+        return int(self._db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'queued'").fetchone()[0])
 
     # ------------------------------------------------------------------ dispatch & outcomes
 
@@ -348,7 +348,7 @@ class Store:
             claimed.append(Claimed(tid, attempt, job_id, name, processor, options, data))
         return claimed
 
-    def _job_spec(self, job_id: str) -> tuple[str, dict]:
+    def _job_spec(self, job_id: str) -> tuple[str, dict[str, Any]]:
         spec = self._job_cache.get(job_id)
         if spec is None:
             processor, options = self._db.execute(
@@ -366,8 +366,8 @@ class Store:
         )
 
     def _transition(
-        self, task_id: int, source: str, target: str, sets: str = "", params: tuple = (),
-        where: str = "", wparams: tuple = (),
+        self, task_id: int, source: str, target: str, sets: str = "", params: tuple[Any, ...] = (),
+        where: str = "", wparams: tuple[Any, ...] = (),
     ) -> str | None:
         """The one place task state is written: checked against TRANSITIONS, then a
         compare-and-set on `source`.  Returns the job id, or None if the row had moved on."""
@@ -426,7 +426,7 @@ class Store:
         if deaths >= max_deaths:
             target, sets = FAILED, "worker_deaths = ?, error = ?, finished = ?"
             error = f"quarantined: {deaths} workers died while running it (last: {reason})"
-            params: tuple = (deaths, error, self._clock())
+            params: tuple[Any, ...] = (deaths, error, self._clock())
         else:
             target, sets, error, params = QUEUED, "worker_deaths = ?", reason, (deaths,)
         job_id = self._transition(task_id, RUNNING, target, sets, params, self._CURRENT, (attempt, worker))
@@ -490,7 +490,7 @@ class Store:
 
     # ------------------------------------------------------------------ cancel & retry
 
-    def _select_tasks(self, job_id: str, task_ids: list[int] | None, states: Sequence[str]) -> list[tuple]:
+    def _select_tasks(self, job_id: str, task_ids: list[int] | None, states: Sequence[str]) -> list[tuple[Any, ...]]:
         marks = ",".join("?" * len(states))
         sql = f"SELECT id, state, attempts, worker FROM tasks WHERE job_id = ? AND state IN ({marks})"
         params: list[Any] = [job_id, *states]
@@ -532,15 +532,15 @@ class Store:
     def job_exists(self, job_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
 
-    def job(self, job_id: str) -> dict | None:
+    def job(self, job_id: str) -> dict[str, Any] | None:
         row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_dict(row) if row else None
 
-    def job_tasks(self, job_id: str) -> list[dict]:
+    def job_tasks(self, job_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY seq", (job_id,))
         return [_task_dict(r) for r in rows]
 
-    def task_attempts(self, task_id: int) -> list[dict]:
+    def task_attempts(self, task_id: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT attempt, worker, started, finished, outcome, error FROM attempts WHERE task_id = ? ORDER BY attempt",
             (task_id,),
@@ -550,7 +550,7 @@ class Store:
 
     def list_jobs(
         self, state: str | None, search: str | None, limit: int, offset: int, tenant: str | None = None
-    ) -> tuple[list[dict], int]:
+    ) -> tuple[list[dict[str, Any]], int]:
         """A page of jobs, newest first, filtered by derived state, tenant and id/file-name search."""
         where, params = [], []
         if state:
@@ -571,7 +571,7 @@ class Store:
 
     def tenant_queued(self, tenant: str) -> int:
         row = self._db.execute("SELECT COALESCE(SUM(n_queued), 0) FROM jobs WHERE tenant = ?", (tenant,)).fetchone()
-        return row[0]
+        return int(row[0])
 
     def queue_position(self, job_id: str) -> int:
         """Queued tasks of the same tenant that dispatch before this job's first queued task."""
@@ -582,11 +582,11 @@ class Store:
         if row is None or row[2] is None:
             return 0
         tenant, priority, first = row
-        return self._db.execute(
+        return int(self._db.execute(
             "SELECT COUNT(*) FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.state = 'queued' "
             "AND j.tenant = ? AND (j.priority > ? OR (j.priority = ? AND t.id < ?))",
             (tenant, priority, priority, first),
-        ).fetchone()[0]
+        ).fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         """Task counts by state across all jobs."""
@@ -604,7 +604,7 @@ class Store:
         )
         return {r[0]: dict(zip(TASK_STATES, r[1:])) for r in rows}
 
-    def blob(self, task_id: int, what: str) -> tuple[dict, bytes] | None:
+    def blob(self, task_id: int, what: str) -> tuple[dict[str, Any], bytes] | None:
         """A task's result or input bytes with its name and extension."""
         table = {"result": "results", "input": "inputs"}[what]
         row = self._db.execute(
@@ -637,7 +637,7 @@ _STATE_SQL = {
 }
 
 
-def _job_dict(row: tuple) -> dict:
+def _job_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     (job_id, created, tenant, processor, options, model, priority, total,
      nq, nr, nd, nf, nc, finished) = row
     counts = {"queued": nq, "running": nr, "done": nd, "failed": nf, "cancelled": nc}
@@ -648,7 +648,7 @@ def _job_dict(row: tuple) -> dict:
     }
 
 
-def _task_dict(row: tuple) -> dict:
+def _task_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     keys = ("task_id", "job_id", "name", "state", "attempts", "worker", "error", "created", "started",
             "finished", "result_ext", "input_size", "failures", "worker_deaths", "seq")
     return dict(zip(keys, row))

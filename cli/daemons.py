@@ -19,7 +19,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         bind=args.bind, data_dir=Path(args.data), heartbeat_interval=args.heartbeat,
         heartbeat_liveness=args.liveness, max_queued_tasks=args.max_queued,
         max_tasks_per_submit=args.max_per_submit, max_attempts=args.max_attempts,
-        max_worker_deaths=args.max_worker_deaths,
+        max_worker_deaths=args.max_worker_deaths, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         synchronous=args.synchronous, insecure=args.insecure, busy_timeout_ms=args.busy_timeout_ms,
     )
     return serve(config)
@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     b.add_argument("--max-attempts", type=int, default=BrokerConfig.max_attempts)
     b.add_argument("--max-worker-deaths", type=int, default=BrokerConfig.max_worker_deaths,
                    help="quarantine (fail) a task once this many workers died running it")
+    b.add_argument("--max-message-mb", type=float, default=BrokerConfig.max_message_bytes / 1024 / 1024,
+                   help="largest message (a whole submission) the broker takes, in MiB; bigger ones are "
+                        "refused with too_large (default %(default)g)")
     b.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
     b.add_argument("--busy-timeout-ms", type=int, default=BrokerConfig.busy_timeout_ms,
                    help="how long a write waits for a lock held by another process")

@@ -55,7 +55,7 @@ SLEEP_MAX_SECONDS = 3600.0
 # ---------------------------------------------------------------- options
 
 
-def validate_options(processor: str, options: dict, extra_models: Collection[str] = ()) -> dict:
+def validate_options(processor: str, options: dict[str, Any], extra_models: Collection[str] = ()) -> dict[str, Any]:
     """Check `options` for `processor` and return a new dict with defaults filled in.
 
     Raises ValueError with a one-line reason (unknown processor, unknown key, bad
@@ -87,7 +87,7 @@ def validate_options(processor: str, options: dict, extra_models: Collection[str
     return out
 
 
-def _validate_rembg(options: dict, extra_models: Collection[str]) -> dict:
+def _validate_rembg(options: dict[str, Any], extra_models: Collection[str]) -> dict[str, Any]:
     _refuse_unknown("rembg", options, set(REMBG_DEFAULTS))
     out = dict(REMBG_DEFAULTS)
     out.update(options)
@@ -115,7 +115,7 @@ def _validate_rembg(options: dict, extra_models: Collection[str]) -> dict:
     return out
 
 
-def _refuse_unknown(processor: str, options: dict, allowed: set[str]) -> None:
+def _refuse_unknown(processor: str, options: dict[str, Any], allowed: set[str]) -> None:
     for key in options:
         if key not in allowed:
             raise ValueError(

@@ -41,7 +41,7 @@ class _TaskSpecKeys(TypedDict):
     attempt: int
     name: str
     processor: str
-    options: dict
+    options: dict[str, Any]
 
 
 class TaskSpec(_TaskSpecKeys, total=False):
@@ -88,7 +88,7 @@ class Submit(Message):
     req: int
     names: list[str]
     processor: str = "rembg"
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     tenant: str = "default"
 
@@ -194,7 +194,7 @@ class TenantSet(Message):
     TYPE: ClassVar[bytes] = b"TENANT_SET"
     req: int
     tenant: str
-    policy: dict
+    policy: dict[str, Any]
 
 
 # ---------------------------------------------------------------- broker -> client
@@ -207,7 +207,7 @@ class Reply(Message):
     TYPE: ClassVar[bytes] = b"REPLY"
     req: int
     ok: bool
-    data: dict = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     code: str = ""  # machine-readable: not_found, queue_full, bad_request, storage, ...
 
@@ -217,7 +217,7 @@ class Events(Message):
     """Pushed state changes: each event is {"kind", "job_id", "task_id", "state", ...}."""
 
     TYPE: ClassVar[bytes] = b"EVENTS"
-    events: list[dict]
+    events: list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------- worker <-> broker
@@ -353,11 +353,11 @@ def decode(frames: list[bytes]) -> Message:
 
 # ---------------------------------------------------------------- validation helpers
 
-_FIELDS_CACHE: dict[type, tuple[dataclasses.Field, ...]] = {}
+_FIELDS_CACHE: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
 _HINTS_CACHE: dict[type, dict[str, Any]] = {}
 
 
-def _fields(cls: type[Message]) -> tuple[dataclasses.Field, ...]:
+def _fields(cls: type[Message]) -> tuple[dataclasses.Field[Any], ...]:
     if cls not in _FIELDS_CACHE:
         _FIELDS_CACHE[cls] = tuple(f for f in dataclasses.fields(cls) if f.name != "blobs")
     return _FIELDS_CACHE[cls]
@@ -394,7 +394,7 @@ def _conforms(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def _record_conforms(value: dict, record: Any) -> bool:
+def _record_conforms(value: dict[str, Any], record: Any) -> bool:
     """Every required key of the TypedDict present, and every known key of its type."""
     hints = _RECORD_HINTS.get(record)
     if hints is None:

@@ -11,7 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import zmq
 import zmq.auth
@@ -37,7 +37,7 @@ class Credentials:
     server: bytes
 
     @classmethod
-    def load(cls, cert: str | os.PathLike, server_cert: str | os.PathLike) -> "Credentials":
+    def load(cls, cert: str | os.PathLike[str], server_cert: str | os.PathLike[str]) -> "Credentials":
         """Read this peer's secret certificate and the broker's public certificate."""
         try:
             public, secret = zmq.auth.load_certificate(cert)
@@ -60,7 +60,7 @@ class Credentials:
                                    "and the broker's public key (--server-key/CUTQ_SERVER_KEY)")
         return cls.load(Path(cert), Path(server))
 
-    def apply(self, sock: zmq.Socket) -> None:
+    def apply(self, sock: zmq.Socket[bytes]) -> None:
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
         sock.curve_serverkey = self.server
