@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cli.output import counts, print_json, table
 from shared.client import Client
@@ -60,7 +61,7 @@ def cmd_tenants(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def register_stats(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add stats and workers to `sub`."""
     for name, func, helptext in (("stats", cmd_stats, "queue totals and throughput"),
                                  ("workers", cmd_workers, "connected workers")):
@@ -69,7 +70,7 @@ def register_stats(sub: argparse._SubParsersAction, common: argparse.ArgumentPar
         c.set_defaults(func=func)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add tenants (with `tenants set`), pause and resume to `sub`."""
     tn = sub.add_parser("tenants", help="tenants: shares, limits and counts")
     tn.add_argument("--json", action="store_true")
@@ -78,8 +79,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     # SUPPRESS keeps one given before `set` from being reset to its default
     late = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     for action in common._actions:
-        late.add_argument(*action.option_strings, dest=action.dest, action=type(action), help=action.help,
-                          **({"type": action.type} if action.type else {}))
+        extra: dict[str, Any] = {"type": action.type} if action.type else {}
+        late.add_argument(*action.option_strings, dest=action.dest, action=type(action), help=action.help, **extra)
     late.add_argument("--json", action="store_true")
     ts = tsub.add_parser("set", parents=[late], help="set a tenant's weight and limits (admin)")
     ts.add_argument("tenant")

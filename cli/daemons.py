@@ -56,7 +56,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(args)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add broker, worker, tui and up to `sub` (whose add_parser already adds `common`)."""
     b = sub.add_parser("broker", help="run the broker")
     b.add_argument("--bind", default=default_endpoint())

@@ -156,7 +156,7 @@ def cmd_fetch(args: argparse.Namespace, client: Client) -> int:
     return 1 if problems else 0
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add submit, status, watch, cancel, retry, fetch and list to `sub`."""
     s = sub.add_parser("submit", help="submit images (files or directories) as one job")
     s.add_argument("files", nargs="+")

@@ -45,7 +45,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add keys with its actions to `sub`."""
     k = sub.add_parser("keys", help="CURVE keys and roles (run on the broker's machine)")
     k.add_argument("--data", default=str(default_data_dir()), help="the broker's data directory")

@@ -12,7 +12,8 @@ import argparse
 import logging
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cli import admin, daemons, jobs, keys
 from shared.client import BrokerUnavailable, Client, CutqError
@@ -60,13 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO if getattr(args, "daemon", False) else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    func: Callable = args.func
+    func: Callable[..., int] = args.func
     try:
         if getattr(args, "daemon", False):
-            return func(args)
+            return int(func(args))
         credentials = Credentials.from_env(os.environ, args.key, args.server_key)
         with Client(args.connect, timeout=args.timeout, credentials=credentials) as client:
-            return func(args, client)
+            return int(func(args, client))
     except BrokerUnavailable as e:
         print(f"cutq: {e} (is `cutq broker` running? set --connect or CUTQ_CONNECT)", file=sys.stderr)
         return 3

@@ -26,7 +26,7 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
 
 
-def counts(d: dict) -> str:
+def counts(d: dict[str, Any]) -> str:
     """`queued=1 running=0 ...` in the states' canonical order."""
     return " ".join(f"{s}={d.get(s, 0)}" for s in TASK_STATES)
 

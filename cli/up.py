@@ -47,7 +47,7 @@ def up(args: argparse.Namespace) -> int:
     cutq = [sys.executable, "-m", "cli"]
     log_dir = Path(args.data) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    children: list[subprocess.Popen] = []
+    children: list[subprocess.Popen[bytes]] = []
 
     def spawn(name: str, argv: list[str]) -> None:
         log = open(log_dir / f"{name}.log", "ab")
