@@ -8,16 +8,20 @@ tenant is "not found".
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import asdict
 from typing import Any, Callable
 
 from broker import access, views
-from broker.core import Core
+from broker.core import Core, Upload
 from broker.keys import Principal
 from broker.rates import eta
 from broker.registry import Subscription
 from broker.scheduler import TenantPolicy
+from broker.store import BlobRef
 from shared import protocol as p
+from shared.names import validate_input_name
 from shared.options import PROCESSORS, validate_options
 from shared.states import TASK_STATES, TaskState
 
@@ -37,7 +41,8 @@ class ClientHandlers:
             p.Submit: self.submit, p.Status: self.status, p.ListJobs: self.list_jobs, p.Stats: self.stats,
             p.Workers: self.workers, p.Cancel: self.cancel, p.Retry: self.retry, p.Fetch: self.fetch,
             p.Subscribe: self.subscribe, p.Unsubscribe: self.unsubscribe, p.Pause: self.pause,
-            p.Tenants: self.tenants, p.TenantSet: self.tenant_set,
+            p.Tenants: self.tenants, p.TenantSet: self.tenant_set, p.UploadStart: self.upload_start,
+            p.UploadPart: self.upload_part, p.Delete: self.delete, p.Purge: self.purge,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -45,7 +50,12 @@ class ClientHandlers:
     def _job_or_error(self, ident: bytes, msg: p.Message, job_id: str, who: Principal) -> dict[str, Any] | None:
         job = self.core.store.job(job_id)
         if job is None or not access.can_see(who, job["tenant"]):
-            self.core.out.error(ident, msg, f"job {job_id} not found", "not_found")
+            gone = self.core.store.tombstone(job_id) if job is None else None
+            if gone is not None and access.can_see(who, gone["tenant"]):
+                when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(gone["deleted"]))
+                self.core.out.error(ident, msg, f"job {job_id} is gone: {gone['reason']} at {when}", "not_found")
+            else:
+                self.core.out.error(ident, msg, f"job {job_id} not found", "not_found")
             return None
         return job
 
@@ -66,45 +76,145 @@ class ClientHandlers:
     # ------------------------------------------------------------------ submit
 
     def submit(self, ident: bytes, msg: p.Submit, who: Principal) -> None:
+        """Validate, write the images off the loop, then insert the rows and acknowledge."""
         core, out = self.core, self.core.out
-        n = len(msg.names)
-        if n == 0 or n != len(msg.blobs):
-            return out.error(ident, msg, f"a job needs one image per name (got {n} names, {len(msg.blobs)} images)", "bad_request")
+        tenant = access.submit_tenant(who, msg.tenant, self.secure)
+        if msg.upload_id is not None:
+            upload = self._upload_or_error(ident, msg, msg.upload_id, who)
+            if upload is None:
+                return
+            names, refs = upload.joined()
+            if self._refuse_submission(ident, msg, names, len(refs), tenant) is None:
+                return
+            del core.uploads[msg.upload_id]
+            self._insert_job(ident, msg, who, tenant, names, refs)
+            core.blobio.pinned.subtract(r.digest for r in refs)
+            return
+        if self._refuse_submission(ident, msg, msg.names, len(msg.blobs), tenant) is None:
+            return
+        sizes = [len(b) for b in msg.blobs]
+
+        def stored(result: list[str] | OSError) -> None:
+            if isinstance(result, OSError):
+                return core.out.error(ident, msg, f"storage error, nothing was saved: {result}", "storage")
+            if self._refuse_submission(ident, msg, msg.names, len(result), tenant) is None:
+                core.blobio.delete([d for d in result if not core.store.is_referenced(d)])
+                return
+            self._insert_job(ident, msg, who, tenant, msg.names,
+                             [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])
+
+        core.blobio.write(msg.blobs, stored)
+
+    def _refuse_submission(self, ident: bytes, msg: p.Submit, names: list[str], n_blobs: int,
+                           tenant: str) -> dict[str, Any] | None:
+        """The submission's validated options; None (after an error reply) when it is refused."""
+        problem = self._submission_problem(names, n_blobs, tenant, msg)
+        if isinstance(problem, tuple):
+            self.core.out.error(ident, msg, *problem)
+            return None
+        return problem
+
+    def _submission_problem(self, names: list[str], n_blobs: int, tenant: str,
+                            msg: p.Submit) -> tuple[str, str] | dict[str, Any]:
+        core = self.core
+        n = len(names)
+        if n == 0 or n != n_blobs:
+            return f"a job needs one image per name (got {n} names, {n_blobs} images)", "bad_request"
         if n > core.config.max_tasks_per_submit:
-            return out.error(ident, msg, f"too many images in one submission: {n} > {core.config.max_tasks_per_submit}", "bad_request")
-        for name in msg.names:
-            problem = input_name_problem(name)
+            return f"too many images in one submission: {n} > {core.config.max_tasks_per_submit}", "bad_request"
+        for name in names:
+            problem = validate_input_name(name)
             if problem:
-                return out.error(ident, msg, problem, "bad_request")
+                return problem, "bad_request"
         if msg.processor not in PROCESSORS:
-            return out.error(ident, msg, f"unknown processor {msg.processor!r} (one of: {', '.join(PROCESSORS)})", "bad_request")
+            return f"unknown processor {msg.processor!r} (one of: {', '.join(PROCESSORS)})", "bad_request"
         try:
             options = validate_options(msg.processor, msg.options, self._announced_models())
         except ValueError as e:
-            return out.error(ident, msg, str(e), "bad_request")
-        depth = core.store.depth
-        if depth + n > core.config.max_queued_tasks:
-            retry_after = eta(depth + n - core.config.max_queued_tasks, core.rates.rate(int(core.clock()))) or 5.0
-            return out.error(
-                ident, msg,
-                f"queue full: {depth} tasks queued, limit {core.config.max_queued_tasks}; retry after ~{retry_after:.0f}s",
-                "queue_full",
-            )
-        tenant = access.submit_tenant(who, msg.tenant, self.secure)
+            return str(e), "bad_request"
+        depth, limit = core.store.depth, core.config.max_queued_tasks
+        if depth + n > limit:
+            retry_after = eta(depth + n - limit, core.rates.rate(int(core.clock()))) or 5.0
+            return f"queue full: {depth} tasks queued, limit {limit}; retry after ~{retry_after:.0f}s", "queue_full"
         cap = core.scheduler.policy(tenant).max_queued
         if cap:
             queued = core.store.tenant_queued(tenant)
             if queued + n > cap:
-                return out.error(
-                    ident, msg, f"quota: tenant {tenant} has {queued} tasks queued, limit {cap}; "
-                    f"this submission of {n} would exceed it", "quota")
-        job_id, tasks = core.store.add_job(
-            names=msg.names, blobs=msg.blobs, processor=msg.processor, options=options,
-            tenant=tenant, priority=msg.priority,
+                return (f"quota: tenant {tenant} has {queued} tasks queued, limit {cap}; "
+                        f"this submission of {n} would exceed it", "quota")
+        return options
+
+    def _insert_job(self, ident: bytes, msg: p.Submit, who: Principal, tenant: str, names: list[str],
+                    refs: list[BlobRef]) -> None:
+        core = self.core
+        options = validate_options(msg.processor, msg.options, self._announced_models())
+        model_files = self._model_files(options.get("model"))
+        job_id, tasks, cached = core.store.add_job(
+            names=names, inputs=refs, processor=msg.processor, options=options, tenant=tenant,
+            priority=msg.priority, use_cache=not msg.no_cache, model_files=model_files,
         )
         for t in tasks:
             core.scheduler.push(t.task_id, t.tenant, t.priority)
-        out.reply(ident, msg, job_id=job_id, tasks=[t.task_id for t in tasks])
+        core.out.reply(ident, msg, job_id=job_id, tasks=[t.task_id for t in tasks], cached=cached)
+
+    def _model_files(self, model: Any) -> set[str] | None:
+        """Weights digests live workers announce for `model` (None: no worker says, accept any)."""
+        found = {w.model_files[model] for w in self.core.registry.alive() if model in w.model_files}
+        return found or None
+
+    # ------------------------------------------------------------------ streamed uploads
+
+    def upload_start(self, ident: bytes, msg: p.UploadStart, who: Principal) -> None:
+        upload_id = uuid.uuid4().hex
+        self.core.uploads[upload_id] = Upload(who.name, access.scope(who), self.core.clock())
+        self.core.out.reply(ident, msg, upload_id=upload_id, part_bytes=self.core.config.upload_part_bytes)
+
+    def _upload_or_error(self, ident: bytes, msg: p.Message, upload_id: str, who: Principal) -> Upload | None:
+        upload = self.core.uploads.get(upload_id)
+        if upload is None or upload.user != who.name:
+            self.core.out.error(ident, msg, f"upload {upload_id[:12]} not found (it expires after "
+                                f"{self.core.config.upload_idle_s:g}s without a part)", "not_found")
+            return None
+        upload.last_seen = self.core.clock()
+        return upload
+
+    def upload_part(self, ident: bytes, msg: p.UploadPart, who: Principal) -> None:
+        core = self.core
+        upload = self._upload_or_error(ident, msg, msg.upload_id, who)
+        if upload is None:
+            return
+        if len(msg.names) != len(msg.blobs):
+            return core.out.error(ident, msg, f"a part needs one image per name (got {len(msg.names)} names, "
+                                  f"{len(msg.blobs)} images)", "bad_request")
+        if upload.count + len(msg.names) > core.config.max_tasks_per_submit:
+            return core.out.error(ident, msg, f"too many images in one submission: more than "
+                                  f"{core.config.max_tasks_per_submit}", "bad_request")
+        for name in msg.names:
+            problem = validate_input_name(name)
+            if problem:
+                return core.out.error(ident, msg, problem, "bad_request")
+        sizes = [len(b) for b in msg.blobs]
+
+        def stored(result: list[str] | OSError) -> None:
+            if isinstance(result, OSError):
+                return core.out.error(ident, msg, f"storage error, this part was not saved: {result}", "storage")
+            if core.uploads.get(msg.upload_id) is not upload:
+                return core.out.error(ident, msg, f"upload {msg.upload_id[:12]} expired", "not_found")
+            upload.parts[msg.part] = (list(msg.names), [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])
+            core.blobio.pinned.update(result)
+            upload.last_seen = core.clock()
+            core.out.reply(ident, msg, received=upload.count)
+
+        core.blobio.write(msg.blobs, stored)
+
+    def expire_uploads(self) -> None:
+        """Drop uploads nobody finished; their images go unless a row refers to them."""
+        core = self.core
+        cutoff = core.clock() - core.config.upload_idle_s
+        for upload_id in [u for u, up in core.uploads.items() if up.last_seen < cutoff]:
+            _, refs = core.uploads.pop(upload_id).joined()
+            core.blobio.pinned.subtract(r.digest for r in refs)
+            core.blobio.delete([r.digest for r in refs if not core.store.is_referenced(r.digest)])
 
     # ------------------------------------------------------------------ reads
 
@@ -144,8 +254,12 @@ class ClientHandlers:
         found = self.core.store.blob(msg.task_id, msg.what)
         if found is None or not access.can_see(who, found[0]["tenant"]):
             return self.core.out.error(ident, msg, f"task {msg.task_id} has no {msg.what}", "not_found")
-        meta, data = found
-        self.core.out.reply_blobs(ident, msg, meta, [data])
+        meta, digest = found
+        try:  # a read-only map: ZeroMQ sends it without the loop copying the image
+            data = self.core.blobs.get(digest)
+        except (OSError, ValueError) as e:
+            return self.core.out.error(ident, msg, f"task {msg.task_id}'s {msg.what} is missing: {e}", "storage")
+        self.core.out.reply_blobs(ident, msg, meta, [data])  # type: ignore[list-item]
 
     def tenants(self, ident: bytes, msg: p.Tenants, who: Principal) -> None:
         core = self.core
@@ -163,6 +277,28 @@ class ClientHandlers:
         core.out.reply(ident, msg, tenants=tenants)
 
     # ------------------------------------------------------------------ changes
+
+    def delete(self, ident: bytes, msg: p.Delete, who: Principal) -> None:
+        if self._job_or_error(ident, msg, msg.job_id, who) is None:
+            return
+        self.core.delete_job(msg.job_id, f"deleted by {who.name}")
+        self.core.out.reply(ident, msg, job_id=msg.job_id, deleted=True)
+
+    def purge(self, ident: bytes, msg: p.Purge, who: Principal) -> None:
+        finals = ("done", "failed", "cancelled")
+        if msg.state is not None and msg.state not in finals:
+            return self.core.out.error(ident, msg, f"can purge jobs that are {', '.join(finals)}, "
+                                       f"not {msg.state!r}", "bad_request")
+        scope = access.scope(who)
+        if scope is not None and msg.tenant not in (None, scope):
+            return self.core.out.error(ident, msg, f"tenant {msg.tenant} not found", "not_found")
+        tenant = scope if scope is not None else msg.tenant
+        limit = max(1, min(msg.limit, 1000))
+        before = self.core.wall() - msg.older_than_s if msg.older_than_s is not None else None
+        ids = self.core.store.purgeable_jobs(state=msg.state, created_before=before, tenant=tenant, limit=limit)
+        for job_id in ids:
+            self.core.delete_job(job_id, f"purged by {who.name}")
+        self.core.out.reply(ident, msg, deleted=len(ids), job_ids=ids, more=len(ids) == limit)
 
     def cancel(self, ident: bytes, msg: p.Cancel, who: Principal) -> None:
         if self._job_or_error(ident, msg, msg.job_id, who) is None:
@@ -222,15 +358,3 @@ class ClientHandlers:
         self.core.store.set_meta(f"tenant:{msg.tenant}", json.dumps(asdict(policy)))
         self.core.scheduler.policies[msg.tenant] = policy
         self.core.out.reply(ident, msg, tenant=msg.tenant, **asdict(policy))
-
-
-MAX_INPUT_NAME_BYTES = 1024
-
-
-def input_name_problem(name: str) -> str:
-    """Why a submitted file name is refused ("" when it is fine)."""
-    if len(name.encode("utf-8", "surrogatepass")) > MAX_INPUT_NAME_BYTES:
-        return f"file name too long: {len(name)} characters (limit {MAX_INPUT_NAME_BYTES} bytes)"
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        return f"file name {name[:60]!r} contains a NUL or control character"
-    return ""

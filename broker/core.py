@@ -12,18 +12,46 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Callable
 
+from broker.blobio import BlobIO
+from broker.blobs import BlobStore
 from broker.logs import Throttle
 from broker.outbox import Outbox
 from broker.rates import Throughput
 from broker.registry import Registry, WorkerRecord
 from broker.scheduler import Scheduler, TenantPolicy
-from broker.store import Store
+from broker.store import BlobRef, Store
 from shared.config import BrokerConfig
 from shared.states import TaskState
 
 log = logging.getLogger("cutq.broker")
+
+
+@dataclass
+class Upload:
+    """A streamed submission in progress: its durable parts, by the client's part number."""
+
+    user: str
+    tenant: str | None
+    last_seen: float
+    parts: dict[int, tuple[list[str], list[BlobRef]]] = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return sum(len(names) for names, _ in self.parts.values())
+
+    def joined(self) -> tuple[list[str], list[BlobRef]]:
+        names: list[str] = []
+        refs: list[BlobRef] = []
+        for part in sorted(self.parts):
+            names += self.parts[part][0]
+            refs += self.parts[part][1]
+        return names, refs
+
+
+Redo = Callable[[], None]
 
 
 class Core:
@@ -33,12 +61,21 @@ class Core:
         self,
         config: BrokerConfig,
         store: Store,
+        blobs: BlobStore,
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.store = store
+        self.blobs = blobs
+        self.blobio = BlobIO(blobs)
+        self.uploads: dict[str, Upload] = {}
+        # closures whose store writes belong to this turn: run again if its commit fails
+        self.redoable: list[Redo] = []
+        # closures to run on the next turn that may write (a blob write failed: disk full)
+        self.deferred: list[Redo] = []
+        self.trouble: str | None = None  # a storage error outside the store (a blob write) this turn
         self.clock, self.wall = clock, wall
         self.registry = Registry()
         self.scheduler = Scheduler()
@@ -101,6 +138,10 @@ class Core:
             if new == TaskState.QUEUED:
                 self.requeue_in_memory(task_id)
 
+    def storage_trouble(self, reason: str) -> None:
+        """A blob write failed: the server backs off its own writes as after a failed commit."""
+        self.trouble = reason
+
     # ------------------------------------------------------------------ tasks
 
     def requeue_in_memory(self, task_id: int, not_before: float = 0.0) -> None:
@@ -135,6 +176,27 @@ class Core:
         self.release(w, task_id)
         if self.store.hand_back(task_id, attempt, w.ident.decode(errors="replace")):
             self.requeue_in_memory(task_id)
+
+    def delete_job(self, job_id: str, reason: str) -> None:
+        """Remove a job with its rows; stop what of it still runs; its blobs go after commit."""
+        for task_id, _attempt, worker in self.store.delete_job(job_id, reason) or []:
+            w = self.registry.get_alive(worker.encode()) if worker else None
+            if w is not None and task_id in w.running:
+                self.release(w, task_id)
+                self.out.cancels[w.ident].append(task_id)
+        self.out.worker_events.append({"kind": "job_deleted", "job_id": job_id, "reason": reason})
+
+    def expire_step(self, limit: int = 200) -> int:
+        """Delete up to `limit` finished jobs older than the retention (a little each second)."""
+        retention = self.config.retention_s
+        if retention <= 0:
+            return 0
+        ids = self.store.expired_jobs(self.wall() - retention, limit)
+        for job_id in ids:
+            self.delete_job(job_id, f"expired ({_duration(retention)} after it finished)")
+        if ids:
+            self.store.forget_tombstones(self.wall() - max(retention, 7 * 86400.0))
+        return len(ids)
 
     # ------------------------------------------------------------------ workers
 
@@ -187,14 +249,30 @@ class Core:
                 if not picked:
                     break
                 tenant_of = dict(picked)
-                claims = self.store.claim([tid for tid, _ in picked], w.ident.decode(errors="replace"))
-                for c in claims:
+                worker_id = w.ident.decode(errors="replace")
+                sending = []
+                for c in self.store.claim([tid for tid, _ in picked], worker_id):
+                    try:  # a read-only map: ZeroMQ sends it without the loop copying the image
+                        data = self.blobs.get(c.input_digest)
+                    except (OSError, ValueError) as e:
+                        self.store.fail(c.task_id, c.attempt, worker_id, f"input image is missing: {e}",
+                                        retry_at=None)
+                        continue
                     w.running[c.task_id] = c.attempt
                     self.running_tenant[c.task_id] = tenant_of[c.task_id]
                     running[tenant_of[c.task_id]] += 1
-                if claims:
-                    self.out.dispatches.append((w, claims))
+                    sending.append((c, data))
+                if sending:
+                    self.out.dispatches.append((w, sending))
                     progressed = True
             workers = [w for w in workers if w.free > 0]
             if not progressed:
                 break
+
+
+def _duration(seconds: float) -> str:
+    """3600 -> '1h', 90 -> '90s': how the retention was given."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+import mmap
+from typing import Any, Union
 
 from broker.registry import WorkerRecord
 from broker.store import Claimed
 from shared import protocol as p
+
+Blob = Union[bytes, mmap.mmap]  # noqa: UP007 (a runtime alias)
 
 # requests that change nothing: answered even while the store refuses writes
 READ_ONLY_REQUESTS: frozenset[type[p.Message]] = frozenset(
@@ -27,7 +30,7 @@ class Outbox:
 
     replies: list[tuple[bytes, p.Reply, bool]] = field(default_factory=list)  # (ident, reply, read_only)
     frames: list[tuple[bytes, list[bytes]]] = field(default_factory=list)  # not state-bearing
-    dispatches: list[tuple[WorkerRecord, list[Claimed]]] = field(default_factory=list)
+    dispatches: list[tuple[WorkerRecord, list[tuple[Claimed, Blob]]]] = field(default_factory=list)
     cancels: dict[bytes, list[int]] = field(default_factory=lambda: defaultdict(list))
     results_seen: list[tuple[int, int, bytes]] = field(default_factory=list)
     worker_events: list[dict[str, Any]] = field(default_factory=list)

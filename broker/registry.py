@@ -32,6 +32,7 @@ class WorkerRecord:
     draining: bool = False  # finishing what it holds, takes nothing new
     user: str = "anonymous"  # the authenticated key that registered it
     finished_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    model_files: dict[str, str] = field(default_factory=dict)  # model -> sha256 of its weights
 
     @property
     def free(self) -> int:

@@ -24,11 +24,12 @@ import zmq.auth
 from broker import access, events
 from broker.client_handlers import ClientHandlers
 from broker.connections import ConnectionWatch
+from broker.blobs import FileBlobStore
 from broker.core import Core
 from broker.datadir import prepare_data_dir
 from broker.keys import OPEN, KeyRing, Principal, ZapHandler, broker_cert_paths, curve_enabled
 from broker.outbox import Outbox
-from broker.store import Store, StoreError
+from broker.store import Store, StoreError, referenced_checker
 from broker.worker_handlers import WorkerHandlers
 from shared import protocol as p
 from shared.config import BrokerConfig
@@ -65,12 +66,16 @@ class Broker:
             raise BrokerSetupError(
                 f"refusing to bind {config.bind} without CURVE keys: anyone who reaches it could submit, read "
                 f"images or pose as a worker; run `cutq keys init`, or pass --insecure to accept that")
+        blobs = FileBlobStore(config.data_dir / "blobs")
+        db = config.data_dir / "cutq.db"
         try:
-            store = Store(config.data_dir / "cutq.db", synchronous=config.synchronous,
-                          busy_timeout_ms=config.busy_timeout_ms, clock=wall)
+            store = Store(db, synchronous=config.synchronous, busy_timeout_ms=config.busy_timeout_ms, clock=wall,
+                          legacy_blobs=blobs)
         except StoreError as e:
             raise BrokerSetupError(f"cannot open the queue in {config.data_dir}: {e}") from e
-        self.core = Core(config, store, clock=clock, wall=wall)
+        self.core = Core(config, store, blobs, clock=clock, wall=wall)
+        # blobs written before now that no row names were left by a crash between write and commit
+        self.core.blobio.sweep(referenced_checker(db), older_than=time.time())
         self.notifier = notifier or Notifier.from_env({})
         self._ctx = context or zmq.Context()
         self._own_ctx = context is None
@@ -80,13 +85,14 @@ class Broker:
         self._keys_version = self.keyring.version if self.keyring else 0
         self.sock = self._make_socket()
         self.connections = ConnectionWatch(self.sock, self.core.registry) if self.secure else None
-        self._handlers = {**ClientHandlers(self.core, self.secure).table(), **WorkerHandlers(self.core).table()}
+        self.clients = ClientHandlers(self.core, self.secure)
+        self._handlers = {**self.clients.table(), **WorkerHandlers(self.core).table()}
         self._stop = False
         self._next_heartbeat = self._next_stats = 0.0
         self._writes_resume_at = 0.0  # after a storage error: no writes before this (monotonic)
         self._write_backoff = 0.0
-        self._worker_msgs: list[tuple[bytes, p.Message, Principal]] = []  # this turn's results
-        self._redo: list[tuple[bytes, p.Message, Principal]] = []  # results to apply again
+        self._redo: list[Callable[[], None]] = []  # writes of a rolled-back turn, to make again
+        self._next_retention = self._next_maintenance = self._next_checkpoint = 0.0
         recovered = self.core.load()
         if recovered:
             log.info("re-queued %d tasks left running by the previous broker", recovered)
@@ -139,6 +145,7 @@ class Broker:
             poller.register(self.zap.sock, zmq.POLLIN)
         if self.connections is not None:
             poller.register(self.connections.monitor, zmq.POLLIN)
+        poller.register(self.core.blobio.wake_fd, zmq.POLLIN)  # a blob write finished
         self.notifier.ready()
         log.info("broker serving on %s (%s), data in %s", self.endpoint,
                  "CURVE" if self.secure else "no encryption", self.config.data_dir)
@@ -156,7 +163,7 @@ class Broker:
         delayed = self.core.scheduler.next_wakeup()
         if delayed is not None:
             wake = min(wake, now + max(0.0, delayed - self.core.wall()))
-        if self._redo or self.core.orphans:
+        if self._redo or self.core.orphans or self.core.deferred:
             wake = min(wake, self._writes_resume_at)
         cap = 500
         if self.notifier.watchdog_interval:  # wake often enough to feed systemd's watchdog
@@ -179,10 +186,12 @@ class Broker:
                 self.connections.poll_disconnects()
             if writable:
                 core.requeue_orphans()
-                redo, self._redo = self._redo, []
-                for ident, msg, who in redo:
-                    self._run_handler(ident, msg, who, writable)
-            self._read_messages(writable)
+                redo, self._redo = self._redo + core.deferred, []
+                core.deferred = []
+                for again in redo:
+                    again()
+            core.blobio.run_finished()
+            self._read_messages()
             if self.keyring and self.keyring.version != self._keys_version:
                 self._drop_revoked()
                 self._keys_version = self.keyring.version
@@ -190,28 +199,35 @@ class Broker:
                 core.purge_dead()
                 core.scheduler.release_due(core.wall())
                 core.dispatch()
+                if now >= self._next_retention:
+                    self._next_retention = now + 1.0
+                    core.expire_step()
             changes = core.store.commit()
         except StoreError as e:  # disk full, read-only, locked: the turn never happened
             self._abort_turn(str(e))
         else:
-            if writable and self._write_backoff:
+            core.redoable.clear()
+            core.blobio.delete(core.store.take_unreferenced())
+            if core.trouble is not None:
+                self._back_off(core.trouble)
+                core.trouble = None
+            elif writable and self._write_backoff:
                 log.info("storage writes work again")
                 self._write_backoff = 0.0
             out, core.out = core.out, Outbox()
-            self._worker_msgs = []
             self._send_outbox(out)
             events.publish(core, changes, out.worker_events, self._send)
         self._timers(now)
         self.notifier.watchdog(now)
 
-    def _read_messages(self, writable: bool) -> None:
+    def _read_messages(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not self.secure)
             except zmq.Again:
                 self.core.drained_at = self.clock()
                 return
-            self._handle(frames, writable)
+            self._handle(frames)
 
     def _principal(self, frames: list[Any]) -> Principal | None:
         """Who sent these frames: by the key ZAP authenticated (User-Id), never by routing id."""
@@ -223,7 +239,7 @@ class Broker:
             return None
         return self.keyring.lookup(user) if user and self.keyring else None
 
-    def _handle(self, frames: list[Any], writable: bool) -> None:
+    def _handle(self, frames: list[Any]) -> None:
         out, warnings = self.core.out, self.core.warnings
         if len(frames) < 2:
             warnings.warn("malformed", "dropped a malformed message: no envelope")
@@ -262,17 +278,12 @@ class Broker:
             return
         if srcfd is not None and type(msg) in p.WORKER_MESSAGES and self.connections is not None:
             self.connections.heard(srcfd, ident, who)
-        self._run_handler(ident, msg, who, writable)
+        self._run_handler(ident, msg, who)
         if srcfd is not None and isinstance(msg, p.Ready) and self.connections is not None:
             self.connections.heard(srcfd, ident, who)
 
-    def _run_handler(self, ident: bytes, msg: p.Message, who: Principal, writable: bool) -> None:
+    def _run_handler(self, ident: bytes, msg: p.Message, who: Principal) -> None:
         out = self.core.out
-        if isinstance(msg, p.Results):
-            if not writable:  # kept, and applied once the store takes writes again
-                self._redo.append((ident, msg, who))
-                return
-            self._worker_msgs.append((ident, msg, who))
         try:
             self._handlers[type(msg)](ident, msg, who)
         except StoreError as e:
@@ -289,22 +300,26 @@ class Broker:
         core = self.core
         core.store.rollback()
         out, core.out = core.out, Outbox()
-        self._write_backoff = min(max(WRITE_BACKOFF_FIRST, self._write_backoff * 2), WRITE_BACKOFF_MAX)
-        self._writes_resume_at = self.clock() + self._write_backoff
-        core.warnings.warn("storage", "storage error, turn rolled back, writes paused %.1fs: %s",
-                           self._write_backoff, error, level=logging.ERROR)
+        self._back_off(f"turn rolled back: {error}")
         for ident, reply, read_only in out.replies:
             if reply.ok and not read_only:
                 reply = p.Reply(req=reply.req, ok=False, error=f"storage error, nothing was saved: {error}",
                                 code="storage")
             self._send(ident, p.encode(reply))
         # results of this turn were not stored: the workers will not send them again
-        self._redo = self._worker_msgs + self._redo
-        self._worker_msgs = []
+        self._redo = core.redoable + self._redo
+        core.redoable = []
         try:
             core.resync()
         except StoreError as e:  # cannot even read: the next turn tries again
             log.error("could not re-read the queue after a storage error: %s", e)
+
+    def _back_off(self, error: str) -> None:
+        """Pause the broker's own writes, longer each time in a row that storage fails."""
+        self._write_backoff = min(max(WRITE_BACKOFF_FIRST, self._write_backoff * 2), WRITE_BACKOFF_MAX)
+        self._writes_resume_at = self.clock() + self._write_backoff
+        self.core.warnings.warn("storage", "storage error, writes paused %.1fs: %s", self._write_backoff, error,
+                                level=logging.ERROR)
 
     # ------------------------------------------------------------------ sending
 
@@ -323,13 +338,13 @@ class Broker:
             self._send(ident, p.encode(reply))
         for ident, frames in out.frames:
             self._send(ident, frames)
-        for worker, claims in out.dispatches:
+        for worker, sending in out.dispatches:
             msg = p.Dispatch(tasks=[
                 {"task_id": c.task_id, "attempt": c.attempt, "name": c.name, "processor": c.processor,
                  "options": c.options, "job_id": c.job_id}
-                for c in claims
+                for c, _ in sending
             ])
-            msg.blobs = [c.data for c in claims]
+            msg.blobs = [data for _, data in sending]  # type: ignore[misc]
             self._send(worker.ident, p.encode(msg))
         for ident, task_ids in out.cancels.items():
             self._send(ident, p.encode(p.CancelTasks(task_ids=task_ids)))
@@ -350,6 +365,21 @@ class Broker:
         if now >= self._next_stats:
             self._next_stats = now + 1.0
             events.publish_stats(self.core, self._send)
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + 1.0
+            self._maintenance(now)
+
+    def _maintenance(self, now: float) -> None:
+        """Keep the files small: free pages back to the disk, the WAL truncated now and then,
+        abandoned uploads dropped.  Outside any turn's transaction; a failure waits for next time."""
+        self.clients.expire_uploads()
+        try:
+            self.core.store.vacuum_step()
+            if now >= self._next_checkpoint:
+                self._next_checkpoint = now + 30.0
+                self.core.store.checkpoint()
+        except StoreError as e:
+            self.core.warnings.warn("maintenance", "storage maintenance failed: %s", e)
 
     def _drop_revoked(self) -> None:
         """The key registry changed: revoked workers lose their tasks, revoked clients their streams."""
@@ -375,6 +405,7 @@ class Broker:
             log.error("could not checkpoint the queue on close: %s", e)
         if self.connections is not None:
             self.connections.close()
+        self.core.blobio.close()
         self.sock.close(linger=500)
         if self.zap:
             self.zap.close()

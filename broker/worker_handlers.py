@@ -13,6 +13,7 @@ from typing import Any, Callable
 from broker.core import Core
 from broker.keys import Principal
 from broker.registry import WorkerRecord
+from broker.store import BlobRef
 from shared import protocol as p
 from shared.config import RESULT_EXTENSIONS
 
@@ -65,7 +66,7 @@ class WorkerHandlers:
         w = WorkerRecord(
             ident=ident, name=msg.name or ident.decode(errors="replace"), host=msg.host, pid=msg.pid,
             slots=max(0, msg.slots), models=msg.models, providers=msg.providers, processors=msg.processors,
-            joined=now, last_seen=now, user=who.name,
+            joined=now, last_seen=now, user=who.name, model_files=dict(msg.model_files),
         )
         core.registry.workers[ident] = w
         w.running.update(carried)
@@ -101,32 +102,61 @@ class WorkerHandlers:
         if w is None:
             return  # results of a worker we declared dead are discarded; its tasks were re-queued
         blobs = iter(msg.blobs)
-        worker_id = ident.decode(errors="replace")
-        now_s = int(core.clock())
         for r in msg.results:  # entries were type-checked on decode (p.TaskResult)
-            task_id, attempt, ok = r["task_id"], r["attempt"], r["ok"]
-            data = next(blobs, None) if ok else None
-            if ok and data is None:
+            data = next(blobs, None) if r["ok"] else None
+            if r["ok"] and data is None:
                 core.warnings.warn("malformed", "dropped a result without its bytes from %r", ident[:16])
                 continue
-            if w.running.get(task_id) != attempt:
+            if w.running.get(r["task_id"]) != r["attempt"]:
                 continue  # cancelled or superseded meanwhile: the late result is dropped
-            tenant = core.release(w, task_id)
+            core.release(w, r["task_id"])
             w.finished_at.append(core.clock())
-            core.out.results_seen.append((task_id, attempt, ident))
-            ext = r.get("ext") or "png"
-            error, kind = r.get("error") or "unknown error", r.get("error_kind") or "transient"
-            if ok and ext not in RESULT_EXTENSIONS:
-                # a worker names the stored file's format: accept only formats cutq makes
-                ok, kind = False, "transient"
-                error = f"worker {w.name} returned a result in an unknown format {ext[:40]!r}"
-            if ok and data is not None:
-                if core.store.complete(task_id, attempt, worker_id, data, ext):
-                    w.done += 1
-                    core.rates.record(now_s, tenant or "default", r.get("processor") == "rembg")
-                continue
+            self._apply(w, r, data)
+
+    def _apply(self, w: WorkerRecord, r: p.TaskResult, data: bytes | None) -> None:
+        """Record one result: a failure now; a success once its bytes are durable (off the loop)."""
+        core = self.core
+        worker_id = w.ident.decode(errors="replace")
+        task_id, attempt = r["task_id"], r["attempt"]
+        ext = r.get("ext") or "png"
+        error, kind = r.get("error") or "unknown error", r.get("error_kind") or "transient"
+        if r["ok"] and ext not in RESULT_EXTENSIONS:
+            # a worker names the stored file's format: accept only formats cutq makes
+            error, kind = f"worker {w.name} returned a result in an unknown format {ext[:40]!r}", "transient"
+        elif r["ok"] and data is not None:
+            self._store_result(w, r, data, ext)
+            return
+
+        def fail() -> None:
+            core.redoable.append(fail)
             w.failed += 1
             core.record_failure(task_id, attempt, worker_id, error, kind)
+
+        fail()
+
+    def _store_result(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str) -> None:
+        core = self.core
+        worker_id = w.ident.decode(errors="replace")
+
+        def stored(result: list[str] | OSError) -> None:
+            if isinstance(result, OSError):  # disk full: keep the bytes, try again after a pause
+                core.storage_trouble(f"could not store a result: {result}")
+                core.deferred.append(lambda: self._store_result(w, r, data, ext))
+                return
+            complete(result[0])
+
+        def complete(digest: str) -> None:
+            core.redoable.append(lambda: complete(digest))
+            if w.running.get(r["task_id"]) == r["attempt"]:
+                core.release(w, r["task_id"])  # memory was rebuilt from the rows after a failed turn
+            done = core.store.complete(r["task_id"], r["attempt"], worker_id, BlobRef(digest, len(data)), ext,
+                                       r.get("model_file"))
+            if done:
+                w.done += 1
+                tenant = core.store.job_tenant(r["task_id"]) or "default"
+                core.rates.record(int(core.clock()), tenant, r.get("processor") == "rembg")
+
+        core.blobio.write([data], stored)
 
     def goodbye(self, ident: bytes, msg: p.Goodbye, who: Principal) -> None:
         core = self.core

@@ -61,6 +61,9 @@ class BrokerConfig:
     sndhwm: int = 100_000
     rcvhwm: int = 100_000
     insecure: bool = False  # allow a non-loopback bind without CURVE keys
+    retention_s: float = 24 * 3600.0  # finished jobs are deleted this long after they end (0: never)
+    upload_idle_s: float = 600.0  # a streamed upload untouched this long is dropped
+    upload_part_bytes: int = 8 * 1024 * 1024  # what clients are told to send per UploadPart
 
 
 @dataclass(frozen=True)

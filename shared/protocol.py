@@ -65,6 +65,7 @@ class TaskResult(_TaskResultKeys, total=False):
     error: str
     error_kind: str
     processor: str
+    model_file: str  # sha256 of the weights that made it (rembg)
 
 
 @dataclass
@@ -91,6 +92,48 @@ class Submit(Message):
     options: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
     tenant: str = "default"
+    upload_id: str | None = None  # the images were sent before, in UploadParts; names and blobs empty
+    no_cache: bool = False  # run every task even if an equal one has a result already
+
+
+@dataclass
+class UploadStart(Message):
+    """Begin a streamed submission: the reply holds an upload_id for its parts."""
+
+    TYPE: ClassVar[bytes] = b"UPLOAD_START"
+    req: int
+
+
+@dataclass
+class UploadPart(Message):
+    """Some of a streamed submission's images, one blob per name; acknowledged once durable."""
+
+    TYPE: ClassVar[bytes] = b"UPLOAD_PART"
+    req: int
+    upload_id: str
+    part: int  # the client's running number: parts are joined in this order
+    names: list[str]
+
+
+@dataclass
+class Delete(Message):
+    """Cancel what runs of a job, then remove it with its images and results."""
+
+    TYPE: ClassVar[bytes] = b"DELETE"
+    req: int
+    job_id: str
+
+
+@dataclass
+class Purge(Message):
+    """Delete finished jobs matching the filters (a client key: only its own tenant's)."""
+
+    TYPE: ClassVar[bytes] = b"PURGE"
+    req: int
+    state: str | None = None
+    older_than_s: float | None = None
+    tenant: str | None = None
+    limit: int = 1000
 
 
 @dataclass
@@ -236,6 +279,7 @@ class Ready(Message):
     providers: list[str] = field(default_factory=list)
     processors: list[str] = field(default_factory=list)
     running: list[list[int]] = field(default_factory=list)  # [task_id, attempt] still held
+    model_files: dict[str, str] = field(default_factory=dict)  # model -> sha256 of its weights
 
 
 @dataclass
@@ -297,12 +341,13 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe,
-        Unsubscribe, Pause, Tenants, TenantSet, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
+        Unsubscribe, Pause, Tenants, TenantSet, UploadStart, UploadPart, Delete, Purge, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
         Results, CancelTasks, Disconnect, Goodbye,
     )
 }
 CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
-    {Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause, Tenants, TenantSet}
+    {Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause, Tenants,
+     TenantSet, UploadStart, UploadPart, Delete, Purge}
 )
 WORKER_MESSAGES: frozenset[type[Message]] = frozenset({Ready, Heartbeat, Progress, Results, Goodbye})
 ADMIN_REQUESTS: frozenset[type[Message]] = frozenset({Pause, TenantSet})

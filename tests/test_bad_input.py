@@ -15,7 +15,8 @@ from tests.cluster import Cluster, sample_photo
 
 
 def _photo(size: int = 160) -> Image.Image:
-    return Image.open(sample_photo("astronaut.png")).convert("RGB").resize((size, size))
+    with Image.open(sample_photo("astronaut.png")) as im:
+        return im.convert("RGB").resize((size, size))
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:

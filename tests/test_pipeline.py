@@ -68,7 +68,8 @@ def test_corrupt_file_fails_alone_and_cli_names_it(cluster: Cluster, needs_model
     assert [f["name"] for f in report["failures"]] == ["broken.jpg"]
     assert "not an image" in report["failures"][0]["error"] or "identify" in report["failures"][0]["error"]
     assert sorted(x.name for x in out.iterdir()) == ["chelsea.png", "coffee.png"]
-    assert Image.open(out / "chelsea.png").mode == "RGBA"
+    with Image.open(out / "chelsea.png") as im:
+        assert im.mode == "RGBA"
     # the same run without --json names the failure on stderr, one line, no traceback
     r = cluster.cli("submit", str(inputs / "broken.jpg"), "--wait")
     assert r.returncode == 1 and "broken.jpg" in r.stderr and "Traceback" not in r.stderr

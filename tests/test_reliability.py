@@ -116,7 +116,8 @@ def open_db(cluster: Cluster):
 
 def big_photo(side: int = 2000) -> bytes:
     """The astronaut upscaled, so one rembg run takes long enough to be killed in the middle."""
-    img = Image.open(sample_photo("astronaut.png")).convert("RGB").resize((side, side))
+    with Image.open(sample_photo("astronaut.png")) as im:
+        img = im.convert("RGB").resize((side, side))
     out = io.BytesIO()
     img.save(out, "PNG", compress_level=1)
     return out.getvalue()

@@ -1,0 +1,101 @@
+"""Blob writes, deletions and the orphan sweep on worker threads, off the broker's loop.
+
+The loop hands bytes over with a callback; a thread hashes and writes them
+(fsynced), then queues the callback and wakes the loop through a pipe that its
+poller watches.  Callbacks run on the loop thread, inside a turn, so what they
+write to the store commits with that turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from broker.blobs import BlobStore
+
+log = logging.getLogger("cutq.broker")
+Stored = Callable[[list[str] | OSError], None]
+
+
+class BlobIO:
+    """A small pool for blob I/O, and the queue of callbacks it leaves for the loop."""
+
+    def __init__(self, store: BlobStore, threads: int = 2) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="cutq-blobs")
+        self._done: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        self.pending = 0  # writes not yet called back
+        self.pinned: Counter[str] = Counter()  # digests an unfinished upload refers to: never deleted
+
+    def write(self, blobs: Sequence[bytes | memoryview], then: Stored) -> None:
+        """Store `blobs` durably on a thread; `then(digests)` (or `then(error)`) runs on the loop."""
+        self.pending += 1
+
+        def work() -> None:
+            try:
+                result: list[str] | OSError = [self.store.put(b) for b in blobs]
+            except OSError as e:
+                result = e
+            self._done.put(lambda: then(result))
+            os.write(self._wake_w, b"x")
+
+        self._pool.submit(work)
+
+    def delete(self, digests: Sequence[str]) -> None:
+        """Remove blobs no row refers to any more (pinned ones stay: an upload still needs them)."""
+        doomed = [d for d in digests if not self.pinned[d]]
+        if doomed:
+            self._pool.submit(self._delete, doomed)
+
+    def _delete(self, digests: list[str]) -> None:
+        for d in digests:
+            try:
+                self.store.delete(d)
+            except OSError as e:
+                log.warning("could not delete blob %s: %s", d[:12], e)
+
+    def sweep(self, is_referenced: Callable[[str], bool], older_than: float) -> None:
+        """Delete blobs written before `older_than` that no row refers to (a crash between a
+        blob's write and its rows' commit leaves such orphans).  `is_referenced` must be safe
+        to call from a thread (a read-only connection of its own)."""
+
+        def work() -> None:
+            swept = 0
+            for digest, mtime in self.store.digests():
+                if mtime < older_than and not self.pinned[digest] and not is_referenced(digest):
+                    self.store.delete(digest)
+                    swept += 1
+            if swept:
+                log.info("swept %d orphan blobs left by an interrupted write", swept)
+
+        self._pool.submit(work)
+
+    def run_finished(self) -> int:
+        """Run the callbacks of finished writes (on the loop thread); returns how many ran."""
+        try:
+            while os.read(self.wake_fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        n = 0
+        while True:
+            try:
+                callback = self._done.get_nowait()
+            except queue.Empty:
+                return n
+            self.pending -= 1
+            n += 1
+            callback()
+
+    def close(self) -> None:
+        """Let running writes finish, then stop; their callbacks never run, so those
+        submissions were never acknowledged, and their blobs are swept at the next start."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        os.close(self.wake_fd)
+        os.close(self._wake_w)

@@ -1,0 +1,120 @@
+"""Image bytes outside the queue's transaction: a content-addressed blob store.
+
+A blob is named by the SHA-256 of its bytes, so the same photo is stored once.
+`FileBlobStore` keeps each under `blobs/ab/cd/<digest>` in the data dir: written
+to a temporary name, fsynced, renamed, the folder fsynced, 0600.  Reads hand out a
+read-only memory map, which ZeroMQ can send without the loop copying a byte.
+`BlobStore` is the interface another backend (an S3-compatible store) implements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+DIGEST_HEX = 64
+
+
+class BlobStore(Protocol):
+    """What the broker needs of a place to keep image bytes."""
+
+    def put(self, data: bytes | memoryview) -> str:
+        """Store `data` durably; return its digest (idempotent)."""
+        ...
+
+    def get(self, digest: str) -> bytes | mmap.mmap:
+        """The bytes of `digest` (FileNotFoundError if absent)."""
+        ...
+
+    def delete(self, digest: str) -> None:
+        """Forget `digest` (no error if absent)."""
+        ...
+
+    def digests(self) -> Iterator[tuple[str, float]]:
+        """Every stored digest with its modification time (for the orphan sweep)."""
+        ...
+
+
+def digest_of(data: bytes | memoryview) -> str:
+    """The name a blob is stored under."""
+    return hashlib.sha256(data).hexdigest()
+
+
+class FileBlobStore:
+    """Blobs as files in a two-level fan-out under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for stale in self.tmp.iterdir():  # half-written by a crashed broker
+            stale.unlink(missing_ok=True)
+
+    def path(self, digest: str) -> Path:
+        if len(digest) != DIGEST_HEX or not all(c in "0123456789abcdef" for c in digest):
+            raise ValueError(f"not a blob digest: {digest[:80]!r}")
+        return self.root / digest[:2] / digest[2:4] / digest
+
+    def put(self, data: bytes | memoryview) -> str:
+        digest = digest_of(data)
+        target = self.path(digest)
+        if target.exists():
+            return digest
+        folder = target.parent
+        if not folder.exists():
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _fsync_dir(folder.parent)
+        tmp = self.tmp / f"{digest}.{os.getpid()}.{time.monotonic_ns()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+        _fsync_dir(folder)
+        return digest
+
+    def get(self, digest: str) -> bytes | mmap.mmap:
+        with open(self.path(digest), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                return b""
+            return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def digests(self) -> Iterator[tuple[str, float]]:
+        for first in self.root.iterdir():
+            if len(first.name) != 2 or not first.is_dir():
+                continue
+            for second in first.iterdir():
+                for f in second.iterdir():
+                    yield f.name, f.stat().st_mtime
+
+    def size_on_disk(self) -> tuple[int, int]:
+        """(count, bytes) of stored blobs, by walking the folders."""
+        count = total = 0
+        for first in self.root.iterdir():
+            if len(first.name) == 2 and first.is_dir():
+                for second in first.iterdir():
+                    for f in second.iterdir():
+                        count += 1
+                        total += f.stat().st_size
+        return count, total
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

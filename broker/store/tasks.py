@@ -1,0 +1,305 @@
+"""Task writes: submit, claim, outcomes, re-queues, recovery, cancel and retry.
+
+Every task state change goes through `_transition`: checked against
+shared.states.TRANSITIONS, then a compare-and-set on the current state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from typing import Any
+
+from broker.store.base import (
+    CANCELLED, DONE, FAILED, QUEUED, RUNNING, BlobRef, Change, Claimed, QueuedTask, StoreBase,
+)
+from shared.states import allowed_sources, check_transition
+
+# processors whose results are worth reusing: same input, options and model file, same pixels
+CACHED_PROCESSORS = frozenset({"rembg"})
+
+
+def cache_key(input_digest: str, processor: str, options: dict[str, Any]) -> str:
+    """What makes two tasks' results equal (the model file is checked beside it)."""
+    spec = json.dumps([input_digest, processor, options], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(spec.encode()).hexdigest()
+
+
+class TaskWrites(StoreBase):
+    """Everything that moves a task from one state to another."""
+
+    # ------------------------------------------------------------------ submit
+
+    def add_job(
+        self,
+        *,
+        names: Sequence[str],
+        inputs: Sequence[BlobRef],
+        processor: str,
+        options: dict[str, Any],
+        tenant: str,
+        priority: int,
+        use_cache: bool = True,
+        model_files: Collection[str] | None = None,
+    ) -> tuple[str, list[QueuedTask], int]:
+        """Insert a job and its tasks (uncommitted): (job id, queued tasks, tasks answered from the cache).
+
+        A task whose input, processor and options match an earlier rembg result made with an
+        acceptable model file (`model_files`: the digests live workers announce; None: any)
+        is inserted done, with that result, and never runs."""
+        self._begin()
+        now = self._clock()
+        job_id = uuid.uuid4().hex[:12]
+        hits: dict[int, tuple[str, str, int]] = {}
+        if use_cache and processor in CACHED_PROCESSORS:
+            for i, ref in enumerate(inputs):
+                row = self._db.execute(
+                    "SELECT c.result_digest, c.ext, c.model_file, b.size FROM cache c "
+                    "JOIN blobs b ON b.digest = c.result_digest WHERE c.key = ?",
+                    (cache_key(ref.digest, processor, options),)).fetchone()
+                if row and (model_files is None or row[2] is None or row[2] in model_files):
+                    hits[i] = (row[0], row[1], row[3])
+        total, queued = len(names), len(names) - len(hits)
+        self._db.execute(
+            "INSERT INTO jobs (id, created, tenant, processor, options, model, priority, total, n_queued, n_done, "
+            "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, now, tenant, processor, json.dumps(options), options.get("model"), priority,
+             total, queued, len(hits), now if queued == 0 else None),
+        )
+        first = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks").fetchone()[0]
+        rows: list[tuple[Any, ...]] = []
+        for i, (name, ref) in enumerate(zip(names, inputs, strict=True)):
+            self._ref(ref, now)
+            hit = hits.get(i)
+            if hit is None:
+                rows.append((first + i, job_id, i, name, "queued", now, None, ref.size, ref.digest, None, None,
+                             None, 0))
+            else:
+                self._ref(BlobRef(hit[0], hit[2]), now)
+                rows.append((first + i, job_id, i, name, "done", now, now, ref.size, ref.digest, hit[0], hit[2],
+                             hit[1], 1))
+        self._db.executemany(
+            "INSERT INTO tasks (id, job_id, seq, name, state, created, finished, input_size, input_digest, "
+            "result_digest, result_size, result_ext, cached) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.changes.extend(Change(r[0], job_id, DONE if r[12] else QUEUED) for r in rows)
+        self.depth += queued
+        if hits:
+            self.bump_meta("counter:cache_hits", len(hits))
+        return job_id, [QueuedTask(r[0], tenant, priority, 0.0) for r in rows if not r[12]], len(hits)
+
+    # ------------------------------------------------------------------ dispatch & outcomes
+
+    def claim(self, task_ids: Iterable[int], worker: str) -> list[Claimed]:
+        """Move queued tasks to running on `worker`; skips any no longer queued."""
+        self._begin()
+        now = self._clock()
+        claimed: list[Claimed] = []
+        for tid in task_ids:
+            job_id = self._transition(
+                tid, QUEUED, RUNNING, "attempts = attempts + 1, worker = ?, started = ?, error = NULL",
+                (worker, now),
+            )
+            if job_id is None:
+                continue
+            attempt, name = self._db.execute("SELECT attempts, name FROM tasks WHERE id = ?", (tid,)).fetchone()
+            processor, options = self._job_spec(job_id)
+            digest = self._db.execute("SELECT input_digest FROM tasks WHERE id = ?", (tid,)).fetchone()[0]
+            self._db.execute(
+                "INSERT OR REPLACE INTO attempts (task_id, attempt, worker, started) VALUES (?, ?, ?, ?)",
+                (tid, attempt, worker, now),
+            )
+            self._moved(job_id, QUEUED, RUNNING, Change(tid, job_id, RUNNING, worker, None, attempt))
+            claimed.append(Claimed(tid, attempt, job_id, name, processor, options, digest))
+        return claimed
+
+    def _job_spec(self, job_id: str) -> tuple[str, dict[str, Any]]:
+        spec = self._job_cache.get(job_id)
+        if spec is None:
+            processor, options = self._db.execute(
+                "SELECT processor, options FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            spec = self._job_cache[job_id] = (processor, json.loads(options))
+            if len(self._job_cache) > 4096:
+                self._job_cache.clear()
+        return spec
+
+    def _finish_attempt(self, task_id: int, attempt: int, outcome: str, error: str | None) -> None:
+        self._db.execute(
+            "UPDATE attempts SET finished = ?, outcome = ?, error = ? WHERE task_id = ? AND attempt = ?",
+            (self._clock(), outcome, error, task_id, attempt),
+        )
+
+    def _transition(
+        self, task_id: int, source: str, target: str, sets: str = "", params: tuple[Any, ...] = (),
+        where: str = "", wparams: tuple[Any, ...] = (),
+    ) -> str | None:
+        """The one place task state is written: checked against TRANSITIONS, then a
+        compare-and-set on `source`.  Returns the job id, or None if the row had moved on."""
+        check_transition(source, target)
+        row = self._db.execute(
+            f"UPDATE tasks SET state = ?{', ' + sets if sets else ''} WHERE id = ? AND state = ? {where} "
+            "RETURNING job_id",
+            (target, *params, task_id, source, *wparams),
+        ).fetchone()
+        return row[0] if row else None
+
+    _CURRENT = "AND attempts = ? AND worker = ?"  # only the attempt the broker last dispatched
+
+    def complete(self, task_id: int, attempt: int, worker: str, result: BlobRef, ext: str,
+                 model_file: str | None = None) -> bool:
+        """Record a result if this attempt is the current one on `worker`; else discard it.
+
+        A rembg result also fills the result cache (input, options, model file -> result)."""
+        self._begin()
+        now = self._clock()
+        job_id = self._transition(
+            task_id, RUNNING, DONE, "finished = ?, result_ext = ?, error = NULL, result_digest = ?, result_size = ?",
+            (now, ext, result.digest, result.size), self._CURRENT, (attempt, worker),
+        )
+        if job_id is None:
+            return False
+        self._ref(result, now)
+        processor, options = self._job_spec(job_id)
+        if processor in CACHED_PROCESSORS:
+            digest = self._db.execute("SELECT input_digest FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+            self._db.execute(
+                "INSERT OR REPLACE INTO cache (key, result_digest, ext, model_file, created) VALUES (?, ?, ?, ?, ?)",
+                (cache_key(digest, processor, options), result.digest, ext, model_file, now))
+        self._finish_attempt(task_id, attempt, "done", None)
+        self._moved(job_id, RUNNING, DONE, Change(task_id, job_id, DONE, worker, None, attempt))
+        return True
+
+    def fail(self, task_id: int, attempt: int, worker: str, error: str, *, retry_at: float | None) -> str | None:
+        """Record a failed attempt: re-queue it at `retry_at`, or fail the task (retry_at None).
+
+        Returns the task's new state, or None if the attempt was stale and ignored.
+        """
+        self._begin()
+        target = QUEUED if retry_at is not None else FAILED
+        job_id = self._transition(
+            task_id, RUNNING, target, "error = ?, failures = failures + 1, not_before = ?, finished = ?",
+            (error, retry_at or 0.0, None if retry_at is not None else self._clock()),
+            self._CURRENT, (attempt, worker),
+        )
+        if job_id is None:
+            return None
+        self._finish_attempt(task_id, attempt, "failed", error)
+        self._moved(job_id, RUNNING, target, Change(task_id, job_id, target, worker, error, attempt))
+        return target
+
+    def requeue_lost(self, task_id: int, attempt: int, worker: str, reason: str, max_deaths: int) -> str | None:
+        """A task's worker died: back to queued, or failed once it has ended `max_deaths` workers.
+
+        Does not spend the task's retry budget (failures); counts worker_deaths instead.
+        """
+        self._begin()
+        row = self._db.execute("SELECT worker_deaths FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            return None
+        deaths = row[0] + 1
+        if deaths >= max_deaths:
+            target, sets = FAILED, "worker_deaths = ?, error = ?, finished = ?"
+            error = f"quarantined: {deaths} workers died while running it (last: {reason})"
+            params: tuple[Any, ...] = (deaths, error, self._clock())
+        else:
+            target, sets, error, params = QUEUED, "worker_deaths = ?", reason, (deaths,)
+        job_id = self._transition(task_id, RUNNING, target, sets, params, self._CURRENT, (attempt, worker))
+        if job_id is None:
+            return None
+        self._finish_attempt(task_id, attempt, "lost", reason)
+        self._moved(job_id, RUNNING, target, Change(task_id, job_id, target, worker, error, attempt))
+        return target
+
+    def hand_back(self, task_id: int, attempt: int, worker: str) -> bool:
+        """A draining worker returned a task it had not finished: re-queue, costing nothing."""
+        self._begin()
+        job_id = self._transition(
+            task_id, RUNNING, QUEUED, "attempts = attempts - 1, started = NULL",
+            (), self._CURRENT, (attempt, worker),
+        )
+        if job_id is None:
+            return False
+        self._db.execute("DELETE FROM attempts WHERE task_id = ? AND attempt = ?", (task_id, attempt))
+        self._moved(job_id, RUNNING, QUEUED, Change(task_id, job_id, QUEUED, worker, None, attempt))
+        return True
+
+    def adopt(self, task_id: int, attempt: int, worker: str) -> bool:
+        """After a broker restart, take back a task its worker still runs (same attempt)."""
+        self._begin()
+        job_id = self._transition(task_id, QUEUED, RUNNING, "", (), self._CURRENT, (attempt, worker))
+        if job_id is None:
+            return False
+        self._moved(job_id, QUEUED, RUNNING, Change(task_id, job_id, RUNNING, worker, None, attempt))
+        return True
+
+    def recover(self) -> int:
+        """At start-up: tasks left running by a previous broker go back to queued."""
+        self._begin()
+        rows = self._db.execute("SELECT id, attempts, worker FROM tasks WHERE state = 'running'").fetchall()
+        for tid, attempt, worker in rows:
+            job_id = self._transition(tid, RUNNING, QUEUED)
+            if job_id is not None:
+                # close the interrupted attempt; if its worker re-announces it, adoption and its
+                # result rewrite this row to 'done'
+                self._finish_attempt(tid, attempt, "lost", "broker restarted")
+                self._moved(job_id, RUNNING, QUEUED,
+                            Change(tid, job_id, QUEUED, worker, "broker restarted", attempt))
+        self.commit()
+        return len(rows)
+
+    def queued_tasks(self) -> Iterator[QueuedTask]:
+        """Every queued task, in submission order, streamed to rebuild the scheduler at start-up."""
+        rows = self._db.execute(
+            "SELECT t.id, j.tenant, j.priority, t.not_before FROM tasks t JOIN jobs j ON j.id = t.job_id "
+            "WHERE t.state = 'queued' ORDER BY t.id"
+        )
+        return (QueuedTask(*r) for r in rows)
+
+    def running_tasks(self) -> list[tuple[int, int, str | None, str]]:
+        """(task_id, attempt, worker, tenant) of every running task: bounded by the slots in use."""
+        return self._db.execute(
+            "SELECT t.id, t.attempts, t.worker, j.tenant FROM tasks t JOIN jobs j ON j.id = t.job_id "
+            "WHERE t.state = 'running'"
+        ).fetchall()
+
+    # ------------------------------------------------------------------ cancel & retry
+
+    def _select_tasks(self, job_id: str, task_ids: list[int] | None, states: Sequence[str]) -> list[tuple[Any, ...]]:
+        marks = ",".join("?" * len(states))
+        sql = f"SELECT id, state, attempts, worker FROM tasks WHERE job_id = ? AND state IN ({marks})"
+        params: list[Any] = [job_id, *states]
+        if task_ids is not None:
+            sql += f" AND id IN ({','.join('?' * len(task_ids))})"
+            params += list(task_ids)
+        return self._db.execute(sql, params).fetchall()
+
+    def cancel(self, job_id: str, task_ids: list[int] | None = None) -> list[tuple[int, int, str | None, str]]:
+        """Cancel a job's queued and running tasks; returns (task_id, attempt, worker, old_state)."""
+        self._begin()
+        out = []
+        for tid, state, attempt, worker in self._select_tasks(job_id, task_ids, allowed_sources(CANCELLED)):
+            if self._transition(tid, state, CANCELLED, "finished = ?", (self._clock(),)) is None:
+                continue
+            if state == RUNNING:
+                self._finish_attempt(tid, attempt, "cancelled", None)
+            self._moved(job_id, state, CANCELLED, Change(tid, job_id, CANCELLED, worker, None, attempt))
+            out.append((tid, attempt, worker, state))
+        return out
+
+    def retry(self, job_id: str, task_ids: list[int] | None = None) -> list[QueuedTask]:
+        """Re-queue a job's failed and cancelled tasks, with a fresh retry budget."""
+        self._begin()
+        tenant, priority = self._db.execute("SELECT tenant, priority FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        out = []
+        for tid, state, attempt, worker in self._select_tasks(job_id, task_ids, allowed_sources(QUEUED)):
+            if state == RUNNING:
+                continue  # running -> queued is a requeue, not something a user asks for
+            sets = "failures = 0, worker_deaths = 0, not_before = 0, finished = NULL"
+            if self._transition(tid, state, QUEUED, sets) is None:
+                continue
+            self._moved(job_id, state, QUEUED, Change(tid, job_id, QUEUED, None, None, attempt))
+            out.append(QueuedTask(tid, tenant, priority, 0.0))
+        return out
+
