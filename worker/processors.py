@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import io
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from shared.config import MODELS_ON_DISK_SUFFIX, WorkerConfig
 from shared.config import model_dir as default_model_dir
-from worker.images import ImageInfo, InputError, load_image, normalise, sniff_format
-
 from shared.options import (  # noqa: F401  (re-exported: the worker's view of the rules)
     KNOWN_MODELS,
     MAX_ERODE_SIZE,
@@ -35,6 +33,7 @@ from shared.options import (  # noqa: F401  (re-exported: the worker's view of t
     SLEEP_MAX_SECONDS,
     validate_options,
 )
+from worker.images import ImageInfo, InputError, load_image, normalise, sniff_format
 
 DEFAULT_MAX_BYTES: int = WorkerConfig.max_image_bytes
 DEFAULT_MAX_PIXELS: int = WorkerConfig.max_image_pixels
@@ -67,16 +66,21 @@ class RembgProcessor:
         providers: list[str] | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        fast: bool = True,
     ) -> None:
         """threads: onnxruntime intra/inter-op threads (0: its default, or OMP_NUM_THREADS);
-        providers: onnxruntime execution providers (None: rembg's own choice)."""
+        providers: onnxruntime execution providers (None: rembg's own choice);
+        fast: cut out from the pixels already decoded, with worker/cutout.py (same pixels
+        as rembg.remove); False: hand rembg.remove the original bytes, as before."""
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         self.threads = threads
         self.providers = list(providers) if providers is not None else None
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
+        self.fast = fast
         self._sessions: dict[str, Any] = {}
+        self._predictors: dict[str, Any] = {}
         self._load_lock = threading.Lock()
 
     @property
@@ -97,29 +101,70 @@ class RembgProcessor:
             found = self._sessions.get(model)
             if found is None:
                 found = self._sessions[model] = self._new_session(model)
+                if self.fast:
+                    from worker.cutout import predictor_for
+
+                    self._predictors[model] = predictor_for(found)
             return found
+
+    def predictor(self, model: str) -> Any:
+        """The fast predictor for `model` (worker/cutout.py), None where rembg's predict runs."""
+        self.session(model)
+        return self._predictors.get(model)
+
+    def session_options(self) -> Any:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = self.threads
+        return opts
 
     def _new_session(self, model: str) -> Any:
         try:
-            import onnxruntime as ort
             import rembg
 
-            opts = ort.SessionOptions()
-            if self.threads:
-                opts.intra_op_num_threads = self.threads
-                opts.inter_op_num_threads = self.threads
             extra: dict[str, Any] = {}
             if self.providers is not None:
                 extra["providers"] = list(self.providers)
-            return rembg.new_session(model, sess_opts=opts, **extra)
+            return rembg.new_session(model, sess_opts=self.session_options(), **extra)
         except (Exception, SystemExit) as e:  # SystemExit: rembg's exit without onnxruntime
             raise RuntimeError(f"model {model!r} could not be loaded: {_one_line(e)}") from e
 
     def process(self, data: bytes, options: dict) -> tuple[bytes, str]:
+        opts = self.options(options)
+        if not self.fast:
+            return self._process_plain(data, opts)
+        from worker.cutout import cut_out, encode
+
+        img = self.decode(data, opts)
         try:
-            opts = validate_options(self.name, options, rembg_local_models())
+            cutout = cut_out(img, self.session(opts["model"]), self.predictor(opts["model"]), opts)
+        finally:
+            img.close()
+        return encode(cutout, opts["format"], opts["png_compression"]), opts["format"]
+
+    def options(self, options: dict) -> dict:
+        """The task's options checked and defaulted (InputError when they are bad)."""
+        try:
+            return validate_options(self.name, options, rembg_local_models())
         except ValueError as e:
             raise InputError(f"bad options: {e}") from e
+
+    def decode(self, data: bytes, opts: dict) -> Any:
+        """The input decoded once, as rembg.remove would see it: the file's own pixels when
+        rembg could take the bytes as they are, else upright RGB/RGBA (worker/images.py)."""
+        img, info = load_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+        if _plain(info, img, opts):
+            return img
+        try:
+            return normalise(img)
+        finally:
+            img.close()
+
+    def _process_plain(self, data: bytes, opts: dict) -> tuple[bytes, str]:
+        """rembg.remove itself on the original bytes (or on normalised pixels), then encode."""
         img, info = load_image(data, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
         try:
             session = self.session(opts["model"])
@@ -134,18 +179,15 @@ class RembgProcessor:
                 "post_process_mask": opts["post_process_mask"],
                 "bgcolor": tuple(opts["bgcolor"]) if opts["bgcolor"] is not None else None,
             }
-            if opts["format"] == "png" and _plain(info, img, opts):
+            if opts["format"] == "png" and opts["png_compression"] == 6 and _plain(info, img, opts):
                 img.close()  # validated; rembg decodes the original bytes itself
                 return rembg.remove(data, session=session, **kwargs), "png"
             cutout = rembg.remove(normalise(img), session=session, **kwargs)
         finally:
             img.close()
-        out = io.BytesIO()
-        if opts["format"] == "webp":
-            cutout.save(out, "WEBP", lossless=True, exact=True)  # exact: keep RGB under alpha 0
-        else:
-            cutout.save(out, "PNG")  # as rembg.remove does for bytes
-        return out.getvalue(), opts["format"]
+        from worker.cutout import encode
+
+        return encode(cutout, opts["format"], opts["png_compression"]), opts["format"]
 
 
 @functools.cache
