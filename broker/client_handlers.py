@@ -19,7 +19,7 @@ from broker.keys import Principal
 from broker.rates import eta
 from broker.registry import Subscription
 from broker.scheduler import TenantPolicy
-from broker.store import BlobRef
+from broker.store import BlobRef, StoreError
 from shared import protocol as p
 from shared.names import validate_input_name
 from shared.options import PROCESSORS, validate_options
@@ -100,8 +100,12 @@ class ClientHandlers:
             if self._refuse_submission(ident, msg, msg.names, len(result), tenant) is None:
                 core.blobio.delete([d for d in result if not core.store.is_referenced(d)])
                 return
-            self._insert_job(ident, msg, who, tenant, msg.names,
-                             [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])
+            try:
+                self._insert_job(ident, msg, who, tenant, msg.names,
+                                 [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])
+            except StoreError as e:  # the turn is rolled back: say so, the client may try again
+                core.out.error(ident, msg, f"storage error, nothing was saved: {e}", "storage")
+                raise
 
         core.blobio.write(msg.blobs, stored)
 

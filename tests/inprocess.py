@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -182,7 +184,18 @@ class InprocBroker:
     # ------------------------------------------------------------------ the loop and time
 
     def turn(self, n: int = 1) -> None:
+        """`n` turns, each followed by the turns that apply the blob writes it started."""
         for _ in range(n):
+            self.broker.turn()
+            self.settle()
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Blob writes run on threads: wait for each (a condition wait) and let the loop apply it."""
+        blobio = self.broker.core.blobio
+        deadline = time.monotonic() + timeout
+        while blobio.pending:
+            assert time.monotonic() < deadline, f"{blobio.pending} blob writes unfinished after {timeout}s"
+            select.select([blobio.wake_fd], [], [], 0.05)
             self.broker.turn()
 
     def advance(self, seconds: float) -> None:
@@ -237,6 +250,14 @@ class InprocBroker:
             return db.execute(sql, params).fetchall()
         finally:
             db.close()
+
+    def result_bytes(self, task_id: int) -> bytes | None:
+        """A task's stored result, read from the blob store as another process would."""
+        rows = self.committed("SELECT result_digest FROM tasks WHERE id = ?", (task_id,))
+        if not rows or rows[0][0] is None:
+            return None
+        digest = rows[0][0]
+        return (self.config.data_dir / "blobs" / digest[:2] / digest[2:4] / digest).read_bytes()
 
     def task(self, task_id: int) -> dict:
         cols = ("state", "attempts", "failures", "worker_deaths", "worker", "error", "result_ext")

@@ -165,7 +165,7 @@ def test_kill9_worker_mid_rembg_task_reruns_elsewhere_recorded_once(cluster: Clu
     assert "lost" in history[0]["error"] and history[0]["finished"] is not None
     assert names_by_id(client)[history[-1]["worker"]] == survivor and history[-1]["outcome"] == "done"
     with open_db(cluster) as db:  # the store agrees: one result per task, one 'done' attempt each
-        assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE result_digest IS NOT NULL").fetchone()[0] == 3
         assert db.execute("SELECT COUNT(*) FROM attempts WHERE outcome = 'done'").fetchone()[0] == 3
 
 
@@ -226,9 +226,8 @@ def test_kill9_broker_while_clients_submit_loses_no_acknowledged_job(cluster: Cl
         assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == jobs[1] == 3 * jobs[0]
         wait_for(lambda: client.stats()["done"] == jobs[1], 60, what="every stored task done")
         # each task has exactly one result, and it is its own input (noop)
-        assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == jobs[1]
-        assert db.execute("SELECT COUNT(*) FROM results r JOIN inputs i USING (task_id) "
-                          "WHERE r.data = i.data").fetchone()[0] == jobs[1]
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE result_digest IS NOT NULL").fetchone()[0] == jobs[1]
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE result_digest = input_digest").fetchone()[0] == jobs[1]
     print(f"acknowledged {len(acked)} jobs, {unacked[0]} submissions unanswered, {jobs[0]} stored")
 
 
@@ -258,7 +257,7 @@ def test_cancel_running_task_frees_the_slot_within_one_second(cluster: Cluster):
     with pytest.raises(CutqError, match="no result"):
         client.fetch_result(task_id)
     with open_db(cluster) as db:
-        assert db.execute("SELECT COUNT(*) FROM results WHERE task_id = ?", (task_id,)).fetchone()[0] == 0
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE result_digest IS NOT NULL AND id = ?", (task_id,)).fetchone()[0] == 0
         assert db.execute("SELECT outcome FROM attempts WHERE task_id = ?", (task_id,)).fetchall() == [("cancelled",)]
 
 
@@ -283,7 +282,7 @@ def test_queue_full_is_refused_whole_with_depth_and_retry_after(cluster: Cluster
     assert stats["queued"] == 8 and stats["jobs"] == 2  # nothing partial of either refusal
     with open_db(cluster) as db:
         assert db.execute("SELECT COUNT(*) FROM tasks").fetchone()[0] == 8
-        assert db.execute("SELECT COUNT(*) FROM inputs").fetchone()[0] == 8
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE input_digest IS NOT NULL").fetchone()[0] == 8
     # what fits is still taken: 2 more reach the cap exactly
     client.submit([("e0.png", b"e"), ("e1.png", b"e")], processor="noop")
     assert client.stats()["queued"] == 10
@@ -351,14 +350,13 @@ def test_soak_chaos_kills_workers_every_task_done_exactly_once(cluster: Cluster,
     assert cluster.broker.wait(timeout=15) == 0
     with open_db(cluster) as db:
         assert db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall() == [("done", total)]
-        assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == total
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE result_digest IS NOT NULL").fetchone()[0] == total
         twice = db.execute("SELECT task_id FROM attempts WHERE outcome = 'done' GROUP BY task_id "
                            "HAVING COUNT(*) > 1").fetchall()
         assert twice == [], f"tasks recorded done twice: {twice[:10]}"
         assert db.execute("SELECT COUNT(DISTINCT task_id) FROM attempts WHERE outcome = 'done'").fetchone()[0] == total
         # nothing swapped or corrupted on the way: each result is its own input (noop and sleep)
-        assert db.execute("SELECT COUNT(*) FROM results r JOIN inputs i USING (task_id) "
-                          "WHERE r.data = i.data").fetchone()[0] == total
+        assert db.execute("SELECT COUNT(*) FROM tasks WHERE result_digest = input_digest").fetchone()[0] == total
         # every attempt has an end and an outcome; the lost ones are the chaos's doing
         assert db.execute("SELECT COUNT(*) FROM attempts WHERE outcome IS NULL OR finished IS NULL").fetchone()[0] == 0
         lost = db.execute("SELECT COUNT(*) FROM attempts WHERE outcome = 'lost'").fetchone()[0]
