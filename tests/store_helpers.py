@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.store import Store
+from broker.blobs import digest_of
+from broker.store import BlobRef, Store
 from shared.states import JOB_STATES, TASK_STATES, job_state
 
 EVERYTHING = 1_000_000  # a list_jobs limit larger than any test store
@@ -54,7 +55,7 @@ def assert_consistent(store: Store) -> None:
         sums.update(recount)
         by_state[job["state"]].add(job["job_id"])
     assert store.depth == sums["queued"] == store.queued_depth()
-    assert len(store.queued_tasks()) == sums["queued"]
+    assert len(list(store.queued_tasks())) == sums["queued"]
     assert store.counts() == {"jobs": len(jobs), **{s: sums[s] for s in TASK_STATES}}
     for state, expected in by_state.items():
         listed, n = store.list_jobs(state, None, EVERYTHING, 0)
@@ -79,6 +80,32 @@ class Checked:
     clock: Clock
     path: str | Path
     last_changes: list = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # what a blob store would hold
+
+    def ref(self, data: bytes) -> BlobRef:
+        """Bytes as the store sees them: a digest and a size (kept here, as a blob store would)."""
+        digest = digest_of(data)
+        self.blobs[digest] = data
+        return BlobRef(digest, len(data))
+
+    def stage(self, *, names: list[str], blobs: list[bytes], **kwargs: Any) -> tuple[str, list]:
+        """add_job with bytes, uncommitted (as the broker's turn does it)."""
+        job_id, tasks, _cached = self.store.add_job(names=names, inputs=[self.ref(b) for b in blobs], **kwargs)
+        return job_id, tasks
+
+    def add_job(self, *, names: list[str], blobs: list[bytes], **kwargs: Any) -> tuple[str, list]:
+        job_id, tasks, _cached = self.store.add_job(names=names, inputs=[self.ref(b) for b in blobs], **kwargs)
+        self.commit()
+        return job_id, tasks
+
+    def complete(self, task_id: int, attempt: int, worker: str, data: bytes, ext: str) -> bool:
+        done = self.store.complete(task_id, attempt, worker, self.ref(data), ext)
+        self.commit()
+        return done
+
+    def blob(self, task_id: int, what: str) -> tuple[dict, bytes] | None:
+        found = self.store.blob(task_id, what)
+        return None if found is None else (found[0], self.blobs[found[1]])
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.store, name)

@@ -128,7 +128,7 @@ def test_the_store_filters_jobs_exactly_as_job_state_derives_them(jobs: list[lis
     try:
         expected: dict[str, str] = {}
         for plan in jobs:
-            job_id, tids = q.store.add_job(names=[f"{i}.png" for i in range(len(plan))], blobs=[b"x"] * len(plan),
+            job_id, tids = q.stage(names=[f"{i}.png" for i in range(len(plan))], blobs=[b"x"] * len(plan),
                                            processor="noop", options={}, tenant="t", priority=0)
             q.store.commit()
             tids = [t.task_id for t in tids]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.blobs import digest_of
 from broker.store import Change, Claimed, QueuedTask
 from shared.states import IllegalTransition
 from tests.store_helpers import EVERYTHING, Checked, Clock, assert_consistent, force, open_store
@@ -40,13 +41,13 @@ def ids(jobs: list[dict]) -> list[str]:
 def test_a_new_store_is_empty(q: Checked) -> None:
     assert q.counts() == {"jobs": 0, "queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
     assert q.list_jobs(None, None, 10, 0) == ([], 0)
-    assert q.depth == 0 and q.queued_tasks() == [] and q.counts_by_tenant() == {}
+    assert q.depth == 0 and list(q.queued_tasks()) == [] and q.counts_by_tenant() == {}
     assert q.commit() == []  # nothing to commit
 
 
 def test_add_job(q: Checked) -> None:
     created = q.clock.now
-    job_id, tasks = q.store.add_job(names=["a.png", "b.jpg"], blobs=[b"AAA", b"BB"], processor="rembg",
+    job_id, tasks = q.stage(names=["a.png", "b.jpg"], blobs=[b"AAA", b"BB"], processor="rembg",
                                     options={"model": "u2netp", "alpha_matting": True}, tenant="acme", priority=3)
     assert tasks == [QueuedTask(tasks[0].task_id, "acme", 3, 0.0), QueuedTask(tasks[0].task_id + 1, "acme", 3, 0.0)]
     assert q.store.depth == 2
@@ -71,7 +72,7 @@ def test_task_ids_are_unique_across_jobs(q: Checked) -> None:
 
 def test_an_uncommitted_job_is_dropped_by_rollback(q: Checked) -> None:
     q.submit(1)
-    job_id, _ = q.store.add_job(names=["x.png"], blobs=[b"x"], processor="noop", options={}, tenant="t", priority=0)
+    job_id, _ = q.stage(names=["x.png"], blobs=[b"x"], processor="noop", options={}, tenant="t", priority=0)
     assert q.store.depth == 2
     q.store.rollback()
     assert not q.job_exists(job_id) and q.store.depth == 1 and q.store.changes == []
@@ -85,7 +86,7 @@ def test_claim(q: Checked) -> None:
     job_id, (a, b) = q.submit(2, options={"size": 3}, processor="sleep")
     q.clock.advance(5)
     claimed = q.claim([a], "w1")
-    assert claimed == [Claimed(a, 1, job_id, "img0.png", "sleep", {"size": 3}, b"input of img0.png")]
+    assert claimed == [Claimed(a, 1, job_id, "img0.png", "sleep", {"size": 3}, digest_of(b"input of img0.png"))]
     assert q.last_changes == [Change(a, job_id, "running", "w1", None, 1)]
     task = q.task(a)
     assert (task["state"], task["attempts"], task["worker"], task["started"]) == ("running", 1, "w1", q.clock.now)
@@ -178,7 +179,7 @@ def test_fail_with_retry_at_requeues_after_the_backoff(q: Checked) -> None:
     (c,) = q.claim([a], "w1")
     retry_at = q.clock.now + 30
     assert q.fail(a, c.attempt, "w1", "onnx crashed", retry_at=retry_at) == "queued"
-    assert q.queued_tasks() == [QueuedTask(a, "acme", 2, retry_at)]
+    assert list(q.queued_tasks()) == [QueuedTask(a, "acme", 2, retry_at)]
     assert q.task(a)["failures"] == 1 and q.task(a)["error"] == "onnx crashed"
     assert q.fail(a, c.attempt, "w1", "duplicate", retry_at=retry_at) is None  # stale now
     (again,) = q.claim([a], "w2")
@@ -326,7 +327,7 @@ def test_every_write_is_refused_from_a_state_it_does_not_start_from(q: Checked, 
     }
     outcomes = {
         "claim": lambda: bool(q.store.claim([a], "w")),
-        "complete": lambda: q.store.complete(a, attempt, "w", b"r", "png"),
+        "complete": lambda: q.store.complete(a, attempt, "w", q.ref(b"r"), "png"),
         "fail": lambda: q.store.fail(a, attempt, "w", "e", retry_at=None) is not None,
         "requeue_lost": lambda: q.store.requeue_lost(a, attempt, "w", "e", max_deaths=5) is not None,
         "hand_back": lambda: q.store.hand_back(a, attempt, "w"),
@@ -394,8 +395,8 @@ def test_list_jobs_pages_newest_first(q: Checked) -> None:
     assert {p[1] for p in pages} == {7}
     # same creation time: the later insert comes first
     tie = q.clock.now
-    a = q.store.add_job(names=["a"], blobs=[b"a"], processor="noop", options={}, tenant="t", priority=0)[0]
-    b = q.store.add_job(names=["b"], blobs=[b"b"], processor="noop", options={}, tenant="t", priority=0)[0]
+    a = q.stage(names=["a"], blobs=[b"a"], processor="noop", options={}, tenant="t", priority=0)[0]
+    b = q.stage(names=["b"], blobs=[b"b"], processor="noop", options={}, tenant="t", priority=0)[0]
     q.commit()
     assert q.clock.now == tie and ids(q.list_jobs(None, None, 2, 0)[0]) == [b, a]
 
@@ -501,23 +502,15 @@ def test_a_big_blob_round_trips(q: Checked) -> None:
 # ---------------------------------------------------------------- gaps at the store's edge
 
 
-def test_add_job_trusts_its_caller_on_names_and_blobs(q: Checked) -> None:
-    """GAP (documented, not fixed here): add_job() accepts an empty job and a job with fewer
-    blobs than names. The broker refuses both before calling it (`n == 0 or n != len(blobs)`),
-    so no client reaches this, but the store's own invariants break:
-    - an empty job is listed both as 'queued' (n_queued = total) and 'done' (n_done = total);
-    - two names with one blob make `total` 2 with one task row and depth 2 with one queued row.
-    Wanted: add_job raises ValueError for either; then turn this into pytest.raises(ValueError)."""
-    empty, _ = q.store.add_job(names=[], blobs=[], processor="noop", options={}, tenant="t", priority=0)
-    q.store.commit()
-    assert q.job(empty)["state"] == "done"
-    assert empty in ids(q.list_jobs("queued", None, 10, 0)[0]) and empty in ids(q.list_jobs("done", None, 10, 0)[0])
-    short, tasks = q.store.add_job(names=["a", "b"], blobs=[b"a"], processor="noop", options={}, tenant="t",
-                                   priority=0)
-    q.store.commit()
-    assert len(tasks) == 2 and len(q.job_tasks(short)) == 1 and q.job(short)["total"] == 2
-    with pytest.raises(AssertionError):
-        assert_consistent(q.store)
+def test_add_job_refuses_a_job_without_one_image_per_name(q: Checked) -> None:
+    """add_job() refuses an empty job and a job with a different number of names and images
+    (the broker checks both first, but the store's invariants must not depend on it)."""
+    with pytest.raises(ValueError):
+        q.stage(names=[], blobs=[], processor="noop", options={}, tenant="t", priority=0)
+    with pytest.raises(ValueError):
+        q.stage(names=["a", "b"], blobs=[b"a"], processor="noop", options={}, tenant="t", priority=0)
+    q.store.rollback()
+    assert_consistent(q.store)
 
 
 # ---------------------------------------------------------------- a crash, then a restart (file only)
@@ -529,7 +522,7 @@ def crash_after(path: Path, script: str) -> None:
     code = (
         "import os, signal, sys\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
-        "from broker.store import Store\n"
+        "from broker.store import BlobRef, Store\n"
         f"s = Store({str(path)!r}, clock=lambda: 5_000.0)\n"
         f"{script}\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -546,7 +539,7 @@ def test_recover_after_a_crash(tmp_path: Path) -> None:
     crash_after(path, "\n".join([
         f"s.claim([{a}], 'w1'); s.commit()",                 # committed: running on w1
         f"s.claim([{b}], 'w2')",                             # never committed
-        "s.add_job(names=['x'], blobs=[b'x'], processor='noop', options={}, tenant='t', priority=0)",
+        "s.add_job(names=['x'], inputs=[BlobRef('0' * 64, 1)], processor='noop', options={}, tenant='t', priority=0)",
     ]))
     q = open_store(path, Clock(6_000.0))
     try:
@@ -571,13 +564,13 @@ def test_a_committed_result_survives_a_crash(tmp_path: Path) -> None:
     q.store.close()
     crash_after(path, "\n".join([
         f"(c,) = s.claim([{a}, {b}], 'w1')[:1]",
-        f"s.complete({a}, 1, 'w1', b'kept', 'png'); s.commit()",
+        f"s.complete({a}, 1, 'w1', BlobRef('1' * 64, 4), 'png'); s.commit()",
         f"s.cancel({job_id!r})",  # never committed
     ]))
     q = open_store(path, Clock())
     try:
         assert_consistent(q.store)
-        assert q.blob(a, "result")[1] == b"kept"
+        assert q.store.blob(a, "result")[1] == "1" * 64  # the digest the child stored
         assert q.task(b)["state"] == "running"
         assert q.recover() == 1
         assert q.job(job_id)["state"] == "running" and q.task(b)["state"] == "queued"

@@ -49,6 +49,9 @@ class TaskWrites(StoreBase):
         A task whose input, processor and options match an earlier rembg result made with an
         acceptable model file (`model_files`: the digests live workers announce; None: any)
         is inserted done, with that result, and never runs."""
+        if not names or len(names) != len(inputs):
+            raise ValueError(f"a job needs one image per name, at least one (got {len(names)} names, "
+                             f"{len(inputs)} images)")
         self._begin()
         now = self._clock()
         job_id = uuid.uuid4().hex[:12]
