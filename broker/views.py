@@ -42,6 +42,8 @@ def stats(core: Core, tenant: str | None) -> dict[str, Any]:
         "paused": core.scheduler.paused_all, "paused_tenants": paused,
         "eta_s": eta(counts["queued"], tps),
         "by_tenant": by_tenant,
+        # how much the broker holds is the operator's business, not a tenant's
+        "storage": core.store.storage() if tenant is None else None,
     }
 
 

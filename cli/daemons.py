@@ -7,9 +7,20 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
-from shared.config import DEFAULT_MODEL, BrokerConfig, WorkerConfig, default_data_dir, default_endpoint
+from shared.config import (
+    DEFAULT_MODEL, BrokerConfig, WorkerConfig, default_data_dir, default_endpoint, parse_duration,
+)
+
+
+def duration(text: str) -> float:
+    """argparse type for 30s / 15m / 1h / 7d."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -20,6 +31,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         heartbeat_liveness=args.liveness, max_queued_tasks=args.max_queued,
         max_tasks_per_submit=args.max_per_submit, max_attempts=args.max_attempts,
         max_worker_deaths=args.max_worker_deaths, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+        retention_s=args.retention,
         synchronous=args.synchronous, insecure=args.insecure, busy_timeout_ms=args.busy_timeout_ms,
     )
     return serve(config)
@@ -56,6 +68,24 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(args)
 
 
+def _auto_or_count(auto: int, least: int) -> Callable[[str], int]:
+    """An argparse type: "auto" -> `auto`, else an integer >= `least`."""
+
+    def parse(value: str) -> int:
+        if value.strip().lower() == "auto":
+            return auto
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected auto or an integer, got {value!r}") from None
+        if n < least:
+            raise argparse.ArgumentTypeError(f"expected auto or an integer >= {least}, got {n}")
+        return n
+
+    parse.__name__ = "auto or integer"
+    return parse
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add broker, worker, tui and up to `sub` (whose add_parser already adds `common`)."""
     b = sub.add_parser("broker", help="run the broker")
@@ -71,6 +101,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     b.add_argument("--max-message-mb", type=float, default=BrokerConfig.max_message_bytes / 1024 / 1024,
                    help="largest message (a whole submission) the broker takes, in MiB; bigger ones are "
                         "refused with too_large (default %(default)g)")
+    b.add_argument("--retention", type=duration, default=BrokerConfig.retention_s, metavar="DURATION",
+                   help="delete a finished job with its images and results this long after it ended: "
+                        "30s, 15m, 1h, 7d; 0 keeps everything (default 24h)")
     b.add_argument("--synchronous", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
     b.add_argument("--busy-timeout-ms", type=int, default=BrokerConfig.busy_timeout_ms,
                    help="how long a write waits for a lock held by another process")
@@ -79,7 +112,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     b.set_defaults(func=cmd_broker, daemon=True)
 
     w = sub.add_parser("worker", help="run a worker")
-    w.add_argument("--concurrency", "-c", type=int, default=1, help="slots: tasks run at once")
+    w.add_argument("--concurrency", "-c", type=_auto_or_count(0, 1), default=1,
+                   help="slots: tasks run at once; auto: from the cores and a short trial on the first model")
     w.add_argument("--name", help="worker name (default host-pid)")
     w.add_argument("--heartbeat", type=float, default=1.0)
     w.add_argument("--liveness", type=int, default=3)
@@ -87,7 +121,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     w.add_argument("--preload", default=DEFAULT_MODEL, help="comma-separated models to load at start")
     w.add_argument("--drain-timeout", type=float, default=30.0)
     w.add_argument("--recycle-after", type=int, default=0, help="restart a slot process after N tasks")
-    w.add_argument("--recycle-rss-mb", type=int, default=0, help="restart a slot process above this RSS")
+    w.add_argument("--recycle-rss-mb", type=_auto_or_count(-1, 0), default=WorkerConfig.recycle_rss_mb,
+                   help="restart a slot process above this RSS in MiB; 0: never; auto (default): "
+                        "max(1024, twice its RSS after its first task)")
     w.add_argument("--max-pixels", type=int, default=WorkerConfig.max_image_pixels)
     w.add_argument("--max-bytes", type=int, default=WorkerConfig.max_image_bytes)
     w.set_defaults(func=cmd_worker, daemon=True)

@@ -19,6 +19,21 @@ RESULT_EXTENSIONS = frozenset({"png", "webp", "jpg", "gif", "bmp", "tif", "avif"
 MODELS_ON_DISK_SUFFIX = ".onnx"
 
 
+def parse_duration(text: str) -> float:
+    """'90', '30s', '15m', '1h', '7d' -> seconds; ValueError with the reason otherwise."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], None)
+    number = t[:-1] if scale is not None else t
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (say 30s, 15m, 1h or 7d)") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"not a duration: {text!r} (must be 0 or more)")
+    return value
+
+
 def default_endpoint(env: Mapping[str, str] | None = None) -> str:
     """The broker endpoint: $CUTQ_CONNECT or tcp://127.0.0.1:5555."""
     env = os.environ if env is None else env
@@ -71,7 +86,7 @@ class WorkerConfig:
     """Everything a worker needs to run."""
 
     connect: str = DEFAULT_ENDPOINT
-    concurrency: int = 1
+    concurrency: int = 1  # slots; 0: auto (cores and a short trial, worker/autotune.py)
     name: str = ""
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 3
@@ -83,6 +98,8 @@ class WorkerConfig:
     max_image_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 64_000_000
     recycle_after_tasks: int = 0  # 0: never; recycle an inference process after N tasks
-    recycle_rss_mb: int = 0  # 0: never; recycle when a slot's RSS exceeds this
+    # recycle a slot above this RSS in MiB; 0: never; -1: auto, max(1024, 2x its RSS after its first
+    # task) (a u2netp slot settles near 525 MiB: docs/ARCHITECTURE.md, Workers)
+    recycle_rss_mb: int = -1
     key: str = ""  # this worker's secret CURVE certificate (CUTQ_KEY)
     server_key: str = ""  # the broker's public certificate (CUTQ_SERVER_KEY)
