@@ -33,6 +33,7 @@ class WorkerRecord:
     user: str = "anonymous"  # the authenticated key that registered it
     finished_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     model_files: dict[str, str] = field(default_factory=dict)  # model -> sha256 of its weights
+    threads: int = 0  # onnxruntime threads per slot, as announced (0: not said)
 
     @property
     def free(self) -> int:
@@ -44,6 +45,7 @@ class WorkerRecord:
         return {
             "id": self.ident.decode(errors="replace"), "name": self.name, "host": self.host, "pid": self.pid,
             "slots": self.slots, "busy": len(self.running), "models": self.models, "providers": self.providers,
+            "threads": self.threads,
             "processors": self.processors, "tasks": sorted(self.running), "state": "draining" if self.draining and self.state == "alive" else self.state,
             "last_seen_age": round(now_mono - self.last_seen, 3), "done": self.done, "failed": self.failed,
             "joined": now_wall - (now_mono - self.joined), "tasks_per_s": len(recent) / 10.0,

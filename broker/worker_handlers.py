@@ -66,7 +66,7 @@ class WorkerHandlers:
         w = WorkerRecord(
             ident=ident, name=msg.name or ident.decode(errors="replace"), host=msg.host, pid=msg.pid,
             slots=max(0, msg.slots), models=msg.models, providers=msg.providers, processors=msg.processors,
-            joined=now, last_seen=now, user=who.name, model_files=dict(msg.model_files),
+            joined=now, last_seen=now, user=who.name, model_files=dict(msg.model_files), threads=msg.threads,
         )
         core.registry.workers[ident] = w
         w.running.update(carried)

@@ -28,9 +28,9 @@ def cmd_workers(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         print_json({"workers": workers})
         return 0
-    rows = [[w["name"], w["host"], w["pid"], w["state"], f"{w['busy']}/{w['slots']}", ",".join(w["models"]),
-             f"{w['last_seen_age']:.1f}s", w["done"], w["failed"]] for w in workers]
-    print(table(rows, ["NAME", "HOST", "PID", "STATE", "SLOTS", "MODELS", "SEEN", "DONE", "FAILED"]))
+    rows = [[w["name"], w["host"], w["pid"], w["state"], f"{w['busy']}/{w['slots']}", w.get("threads") or "-",
+             ",".join(w["models"]), f"{w['last_seen_age']:.1f}s", w["done"], w["failed"]] for w in workers]
+    print(table(rows, ["NAME", "HOST", "PID", "STATE", "SLOTS", "THREADS", "MODELS", "SEEN", "DONE", "FAILED"]))
     return 0
 
 

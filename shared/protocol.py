@@ -280,6 +280,7 @@ class Ready(Message):
     processors: list[str] = field(default_factory=list)
     running: list[list[int]] = field(default_factory=list)  # [task_id, attempt] still held
     model_files: dict[str, str] = field(default_factory=dict)  # model -> sha256 of its weights
+    threads: int = 0  # onnxruntime threads per slot (0: not said; older workers)
 
 
 @dataclass

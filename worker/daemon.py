@@ -17,15 +17,16 @@ import socket
 import time
 import uuid
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import replace
 
 import zmq
 
 from shared import protocol as p
-from shared.config import WorkerConfig
+from shared.config import DEFAULT_MODEL, WorkerConfig
 from shared.sdnotify import Notifier
 from shared.security import Credentials
-from worker.slots import Slot, SlotSettings, cpu_count
+from worker.slots import Slot, SlotSettings, cpu_count, rss_limit_mb
 
 log = logging.getLogger("cutq.worker")
 INLINE_PROCESSORS = frozenset({"noop"})
@@ -65,7 +66,9 @@ class WorkerDaemon:
             threads=threads, max_bytes=config.max_image_bytes, max_pixels=config.max_image_pixels,
             preload_models=tuple(config.preload_models),
         )
+        # concurrency 0 is auto: the slots are chosen in run(), by a trial (worker/autotune.py)
         self.slots = [Slot(i, self.settings) for i in range(config.concurrency)]
+        self.auto_reason = ""
         self.waiting: deque[tuple[dict, bytes]] = deque()  # dispatched but no slot free yet
         self.outbox: list[tuple[dict, bytes | None]] = []
         self.sock: zmq.Socket | None = None
@@ -99,7 +102,7 @@ class WorkerDaemon:
         held = [[t["task_id"], t["attempt"]] for t in self._held()]
         self._send(p.Ready(
             name=self.name, host=socket.gethostname(), pid=os.getpid(),
-            slots=0 if self.draining else self.config.concurrency, models=self.models,
+            slots=0 if self.draining else len(self.slots), threads=self.settings.threads, models=self.models,
             providers=_providers(), processors=["rembg", "noop", "sleep"], running=held,
         ))
 
@@ -139,6 +142,8 @@ class WorkerDaemon:
 
     def run(self) -> int:
         """Serve until drained or stopped; returns the exit code."""
+        if self.config.concurrency == 0 and not self.slots:
+            self._autotune()
         if self.settings.preload_models:
             for slot in self.slots:  # load the models before the first task arrives
                 slot.start()
@@ -161,6 +166,17 @@ class WorkerDaemon:
             if self._own_ctx:
                 self._ctx.term()
         return 0
+
+    def _autotune(self) -> None:
+        """--concurrency auto: slots x threads from the cores and a trial on the first model."""
+        from worker.autotune import calibrate
+
+        model = (self.config.preload_models or (DEFAULT_MODEL,))[0]
+        choice = calibrate(model, cpu_count(), self.config.threads_per_slot)
+        self.auto_reason = choice.reason
+        log.info("concurrency auto: %s", choice.reason)
+        self.settings = replace(self.settings, threads=choice.threads)
+        self.slots = [Slot(i, self.settings) for i in range(choice.slots)]
 
     def _turn(self) -> None:
         poller = zmq.Poller()
@@ -217,7 +233,7 @@ class WorkerDaemon:
         if len(msg.blobs) != len(msg.tasks):
             log.warning("dispatch with %d tasks but %d inputs dropped", len(msg.tasks), len(msg.blobs))
             return
-        for task, data in zip(msg.tasks, msg.blobs):
+        for task, data in zip(msg.tasks, msg.blobs, strict=True):
             if not (isinstance(task.get("task_id"), int) and isinstance(task.get("attempt"), int)
                     and isinstance(task.get("processor"), str) and isinstance(task.get("options", {}), dict)):
                 log.warning("dropped a malformed task in a dispatch: %.200r", task)
@@ -255,7 +271,7 @@ class WorkerDaemon:
         """Between tasks, replace a slot process that ran too long or grew too big."""
         c = self.config
         if slot.tasks_run and ((c.recycle_after_tasks and slot.tasks_run >= c.recycle_after_tasks) or (
-            c.recycle_rss_mb and slot.rss_mb() > c.recycle_rss_mb
+            c.recycle_rss_mb and slot.rss_mb() > rss_limit_mb(c.recycle_rss_mb, slot)
         )):
             log.info("recycling slot %d after %d tasks (%.0f MiB)", slot.index, slot.tasks_run, slot.rss_mb())
             slot.stop()

@@ -116,6 +116,10 @@ class RembgProcessor:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        # onnxruntime's memory pattern keeps a second, planned block beside its arena: for
+        # u2netp ~190 MiB more per slot for no speed (bench/profile_slot.py, docs/PERFORMANCE.md);
+        # where a tensor lives never changes its numbers
+        opts.enable_mem_pattern = False
         if self.threads:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = self.threads
