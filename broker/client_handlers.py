@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 from broker import access, views
 from broker.core import Core, Upload
@@ -77,7 +78,7 @@ class ClientHandlers:
 
     def submit(self, ident: bytes, msg: p.Submit, who: Principal) -> None:
         """Validate, write the images off the loop, then insert the rows and acknowledge."""
-        core, out = self.core, self.core.out
+        core = self.core
         tenant = access.submit_tenant(who, msg.tenant, self.secure)
         if msg.upload_id is not None:
             upload = self._upload_or_error(ident, msg, msg.upload_id, who)
@@ -241,7 +242,8 @@ class ClientHandlers:
 
     def list_jobs(self, ident: bytes, msg: p.ListJobs, who: Principal) -> None:
         if msg.state is not None and msg.state not in TASK_STATES:
-            return self.core.out.error(ident, msg, f"unknown state {msg.state!r} (one of: {', '.join(TASK_STATES)})", "bad_request")
+            return self.core.out.error(
+                ident, msg, f"unknown state {msg.state!r} (one of: {', '.join(TASK_STATES)})", "bad_request")
         jobs, total = self.core.store.list_jobs(msg.state, msg.search, max(1, min(msg.limit, 1000)),
                                                 max(0, msg.offset), tenant=access.scope(who))
         self.core.out.reply(ident, msg, jobs=jobs, total=total)
@@ -354,8 +356,10 @@ class ClientHandlers:
         current = asdict(self.core.scheduler.policy(msg.tenant))
         for key, value in msg.policy.items():
             if key not in _POLICY_FIELDS:
-                return self.core.out.error(ident, msg, f"unknown policy field {key!r} (one of: {', '.join(_POLICY_FIELDS)})", "bad_request")
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or (key == "weight" and value <= 0):
+                return self.core.out.error(
+                    ident, msg, f"unknown policy field {key!r} (one of: {', '.join(_POLICY_FIELDS)})", "bad_request")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < 0 or (key == "weight" and value <= 0):
                 return self.core.out.error(ident, msg, f"{key} must be a positive number, got {value!r}", "bad_request")
             current[key] = _POLICY_FIELDS[key](value)
         policy = TenantPolicy(**current)

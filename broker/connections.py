@@ -7,8 +7,6 @@ dispatch.  Without CURVE there is nothing to watch.
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
 
 import zmq

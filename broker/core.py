@@ -12,8 +12,8 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from broker.blobio import BlobIO
 from broker.blobs import BlobStore

@@ -7,8 +7,8 @@ job go to admins only.  Building them never writes; sending is the server's.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from broker import views
 from broker.core import Core

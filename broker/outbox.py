@@ -7,9 +7,9 @@ other acknowledgement becomes an error.
 
 from __future__ import annotations
 
+import mmap
 from collections import defaultdict
 from dataclasses import dataclass, field
-import mmap
 from typing import Any, Union
 
 from broker.registry import WorkerRecord

@@ -5,10 +5,9 @@ Plain in-memory bookkeeping for the broker loop; nothing here touches sockets or
 
 from __future__ import annotations
 
-from typing import Any
-
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -46,7 +45,8 @@ class WorkerRecord:
             "id": self.ident.decode(errors="replace"), "name": self.name, "host": self.host, "pid": self.pid,
             "slots": self.slots, "busy": len(self.running), "models": self.models, "providers": self.providers,
             "threads": self.threads,
-            "processors": self.processors, "tasks": sorted(self.running), "state": "draining" if self.draining and self.state == "alive" else self.state,
+            "processors": self.processors, "tasks": sorted(self.running),
+            "state": "draining" if self.draining and self.state == "alive" else self.state,
             "last_seen_age": round(now_mono - self.last_seen, 3), "done": self.done, "failed": self.failed,
             "joined": now_wall - (now_mono - self.joined), "tasks_per_s": len(recent) / 10.0,
         }
@@ -82,7 +82,8 @@ class Registry:
         return [w for w in self.alive() if now - w.last_seen > timeout]
 
     def forget_old(self, now: float) -> None:
-        for ident in [i for i, w in self.workers.items() if w.state != "alive" and now - w.last_seen > self.keep_dead_for]:
+        gone = [i for i, w in self.workers.items() if w.state != "alive" and now - w.last_seen > self.keep_dead_for]
+        for ident in gone:
             del self.workers[ident]
 
     def subscribers_for(self, job_id: str) -> list[bytes]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -104,7 +104,7 @@ class Scheduler:
         if self.paused_all:
             return out
         running = running or {}
-        taken: dict[str, int] = {}
+        taken: Counter[str] = Counter()
         allowance = {name: self._allowance(name, t, now, running)
                      for name, t in self._tenants.items() if t.heap and name not in self.paused}
         # a turn cut short by a full batch resumes without a fresh quantum, so weights hold
@@ -112,43 +112,60 @@ class Scheduler:
         resume, self._current = self._current, None
         while len(out) < n:
             active = [(name, self._tenants[name]) for name, a in allowance.items()
-                      if a > taken.get(name, 0) and self._tenants[name].heap]
+                      if a > taken[name] and self._tenants[name].heap]
             if not active:
                 break
             if len(active) == 1:
                 name, t = active[0]  # one tenant: no one to be fair to, take a slice
-                while t.heap and len(out) < n and taken.get(name, 0) < allowance[name]:
-                    out.append((heapq.heappop(t.heap)[1], name))
-                    taken[name] = taken.get(name, 0) + 1
+                self._take(name, t, n - len(out), allowance[name] - taken[name], out, taken, by_deficit=False)
                 break
-            for name, t in active:
-                if name != resume:
-                    t.deficit += self.policy(name).weight
-                resume = None
-                while t.deficit >= 1.0 and t.heap and len(out) < n and taken.get(name, 0) < allowance[name]:
-                    out.append((heapq.heappop(t.heap)[1], name))
-                    taken[name] = taken.get(name, 0) + 1
-                    t.deficit -= 1.0
-                if not t.heap:
-                    t.deficit = 0.0
-                elif taken.get(name, 0) >= allowance[name]:
-                    t.deficit = min(t.deficit, self.policy(name).weight)  # capped, not owed a burst later
-                if len(out) >= n:
-                    # the next call goes on with this round: this tenant if its turn is
-                    # unfinished, else the one after it, so no tenant is always first
-                    unfinished = bool(t.heap) and t.deficit >= 1.0 and taken.get(name, 0) < allowance[name]
-                    self._start_round_at(name, include=unfinished)
-                    self._current = name if unfinished else None
-                    break
+            if self._round(active, resume, n, out, taken, allowance):
+                break
+            resume = None
+        self._settle(taken)
+        return out
+
+    def _take(self, name: str, t: _Tenant, want: int, allowed: float, out: list[tuple[int, str]],
+              taken: Counter[str], by_deficit: bool) -> None:
+        """Move up to `want` of a tenant's tasks (within `allowed`, and its deficit if asked) to `out`."""
+        k = 0
+        while t.heap and k < want and k < allowed and (not by_deficit or t.deficit >= 1.0):
+            out.append((heapq.heappop(t.heap)[1], name))
+            k += 1
+            if by_deficit:
+                t.deficit -= 1.0
+        taken[name] += k
+
+    def _round(self, active: list[tuple[str, _Tenant]], resume: str | None, n: int, out: list[tuple[int, str]],
+               taken: Counter[str], allowance: dict[str, float]) -> bool:
+        """One deficit-round-robin pass over `active`; True when the batch filled up in it."""
+        for name, t in active:
+            if name != resume:
+                t.deficit += self.policy(name).weight
+            resume = None
+            self._take(name, t, n - len(out), allowance[name] - taken[name], out, taken, by_deficit=True)
+            if not t.heap:
+                t.deficit = 0.0
+            elif taken[name] >= allowance[name]:
+                t.deficit = min(t.deficit, self.policy(name).weight)  # capped, not owed a burst later
+            if len(out) >= n:
+                # the next call goes on with this round: this tenant if its turn is
+                # unfinished, else the one after it, so no tenant is always first
+                unfinished = bool(t.heap) and t.deficit >= 1.0 and taken[name] < allowance[name]
+                self._start_round_at(name, include=unfinished)
+                self._current = name if unfinished else None
+                return True
+        return False
+
+    def _settle(self, taken: Counter[str]) -> None:
+        """Spend rate tokens for what was taken; forget tenants whose queue emptied."""
         for name, k in taken.items():
-            t = self._tenants[name]
             if self.policy(name).rate:
-                t.tokens -= k
+                self._tenants[name].tokens -= k
         # a rate-limited tenant keeps its bucket when its queue empties: forgetting it
         # would hand it a fresh burst with every small submission
         for name in [k for k, t in self._tenants.items() if not t.heap and not self.policy(k).rate]:
             del self._tenants[name]
-        return out
 
     def _start_round_at(self, name: str, include: bool) -> None:
         """Rotate the round order so the next pop starts at `name` (or just after it)."""

@@ -16,15 +16,16 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 import zmq.auth
 
 from broker import access, events
+from broker.blobs import FileBlobStore
 from broker.client_handlers import ClientHandlers
 from broker.connections import ConnectionWatch
-from broker.blobs import FileBlobStore
 from broker.core import Core
 from broker.datadir import prepare_data_dir
 from broker.keys import OPEN, KeyRing, Principal, ZapHandler, broker_cert_paths, curve_enabled
@@ -185,23 +186,14 @@ class Broker:
                 # finished its handshake after that close was reported, so it is seen here first
                 self.connections.poll_disconnects()
             if writable:
-                core.requeue_orphans()
-                redo, self._redo = self._redo + core.deferred, []
-                core.deferred = []
-                for again in redo:
-                    again()
+                self._write_again()
             core.blobio.run_finished()
             self._read_messages()
             if self.keyring and self.keyring.version != self._keys_version:
                 self._drop_revoked()
                 self._keys_version = self.keyring.version
             if writable:
-                core.purge_dead()
-                core.scheduler.release_due(core.wall())
-                core.dispatch()
-                if now >= self._next_retention:
-                    self._next_retention = now + 1.0
-                    core.expire_step()
+                self._own_writes(now)
             changes = core.store.commit()
         except StoreError as e:  # disk full, read-only, locked: the turn never happened
             self._abort_turn(str(e))
@@ -219,6 +211,24 @@ class Broker:
             events.publish(core, changes, out.worker_events, self._send)
         self._timers(now)
         self.notifier.watchdog(now)
+
+    def _write_again(self) -> None:
+        """What a rolled-back turn or a failed blob write left to do."""
+        self.core.requeue_orphans()
+        redo, self._redo = self._redo + self.core.deferred, []
+        self.core.deferred = []
+        for again in redo:
+            again()
+
+    def _own_writes(self, now: float) -> None:
+        """The broker's own moves: dead workers, due retries, dispatch, retention."""
+        core = self.core
+        core.purge_dead()
+        core.scheduler.release_due(core.wall())
+        core.dispatch()
+        if now >= self._next_retention:
+            self._next_retention = now + 1.0
+            core.expire_step()
 
     def _read_messages(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):

@@ -8,7 +8,8 @@ attempt the broker last dispatched to that worker.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from broker.core import Core
 from broker.keys import Principal

@@ -341,8 +341,8 @@ class Goodbye(Message):
 MESSAGE_TYPES: dict[bytes, type[Message]] = {
     cls.TYPE: cls
     for cls in (
-        Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe,
-        Unsubscribe, Pause, Tenants, TenantSet, UploadStart, UploadPart, Delete, Purge, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
+        Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause,
+        Tenants, TenantSet, UploadStart, UploadPart, Delete, Purge, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
         Results, CancelTasks, Disconnect, Goodbye,
     )
 }

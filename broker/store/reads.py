@@ -35,11 +35,12 @@ class Reads(StoreBase):
 
     def task_attempts(self, task_id: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT attempt, worker, started, finished, outcome, error FROM attempts WHERE task_id = ? ORDER BY attempt",
+            "SELECT attempt, worker, started, finished, outcome, error FROM attempts WHERE task_id = ? "
+            "ORDER BY attempt",
             (task_id,),
         )
         keys = ("attempt", "worker", "started", "finished", "outcome", "error")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def list_jobs(
         self, state: str | None, search: str | None, limit: int, offset: int, tenant: str | None = None
@@ -87,7 +88,7 @@ class Reads(StoreBase):
             "SELECT COUNT(*), COALESCE(SUM(n_queued),0), COALESCE(SUM(n_running),0), COALESCE(SUM(n_done),0), "
             "COALESCE(SUM(n_failed),0), COALESCE(SUM(n_cancelled),0) FROM jobs"
         ).fetchone()
-        return {"jobs": row[0], **dict(zip(TASK_STATES, row[1:]))}
+        return {"jobs": row[0], **dict(zip(TASK_STATES, row[1:], strict=True))}
 
     def counts_by_tenant(self, active_only: bool = False) -> dict[str, dict[str, int]]:
         """Task counts by state for each tenant (only those with queued work, if asked)."""
@@ -95,7 +96,7 @@ class Reads(StoreBase):
             "SELECT tenant, SUM(n_queued), SUM(n_running), SUM(n_done), SUM(n_failed), SUM(n_cancelled) "
             "FROM jobs GROUP BY tenant" + (" HAVING SUM(n_queued) > 0" if active_only else "")
         )
-        return {r[0]: dict(zip(TASK_STATES, r[1:])) for r in rows}
+        return {r[0]: dict(zip(TASK_STATES, r[1:], strict=True)) for r in rows}
 
     def blob(self, task_id: int, what: str) -> tuple[dict[str, Any], str] | None:
         """A task's result or input: its name, extension and owner, and the digest of its bytes."""

@@ -13,7 +13,16 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
 from broker.store.base import (
-    CANCELLED, DONE, FAILED, QUEUED, RUNNING, BlobRef, Change, Claimed, QueuedTask, StoreBase,
+    CANCELLED,
+    DONE,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    BlobRef,
+    Change,
+    Claimed,
+    QueuedTask,
+    StoreBase,
 )
 from shared.states import allowed_sources, check_transition
 
@@ -296,7 +305,7 @@ class TaskWrites(StoreBase):
         self._begin()
         tenant, priority = self._db.execute("SELECT tenant, priority FROM jobs WHERE id = ?", (job_id,)).fetchone()
         out = []
-        for tid, state, attempt, worker in self._select_tasks(job_id, task_ids, allowed_sources(QUEUED)):
+        for tid, state, attempt, _worker in self._select_tasks(job_id, task_ids, allowed_sources(QUEUED)):
             if state == RUNNING:
                 continue  # running -> queued is a requeue, not something a user asks for
             sets = "failures = 0, worker_deaths = 0, not_before = 0, finished = NULL"
