@@ -29,7 +29,7 @@ import zmq.auth
 from broker.logs import Throttle
 
 log = logging.getLogger("cutq.keys")
-ROLES = ("client", "admin", "worker")
+ROLES = ("client", "admin", "worker", "gateway")  # gateway: acts for the tenant each request names
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 # a key name becomes a file name under keys/certs/: nothing that could leave that folder
 KEY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")

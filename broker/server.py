@@ -280,17 +280,28 @@ class Broker:
         if type(msg) not in self._handlers:
             warnings.warn("malformed", "dropped %s from %r: not sent to a broker", type(msg).__name__, ident[:16])
             return
-        why = access.refusal(who, msg, self.secure)
-        if why is not None:
-            warnings.warn("refused", "refused %s from %s (%s): %s", type(msg).__name__, who.name, who.role, why)
-            if hasattr(msg, "req"):
-                out.error(ident, msg, why, "forbidden")
+        acting = self._authorise(ident, msg, who)
+        if acting is None:
             return
+        who = acting
         if srcfd is not None and type(msg) in p.WORKER_MESSAGES and self.connections is not None:
             self.connections.heard(srcfd, ident, who)
         self._run_handler(ident, msg, who)
         if srcfd is not None and isinstance(msg, p.Ready) and self.connections is not None:
             self.connections.heard(srcfd, ident, who)
+
+    def _authorise(self, ident: bytes, msg: p.Message, who: Principal) -> Principal | None:
+        """Whom `msg` acts as, if `who` may send it; else None, after a `forbidden` answer."""
+        acting: Principal | str = who
+        if type(msg) in p.CLIENT_REQUESTS:
+            acting = access.acting(who, msg, self.secure)
+        why = acting if isinstance(acting, str) else access.refusal(acting, msg, self.secure)
+        if why is None and not isinstance(acting, str):
+            return acting
+        self.core.warnings.warn("refused", "refused %s from %s (%s): %s", type(msg).__name__, who.name, who.role, why)
+        if hasattr(msg, "req"):
+            self.core.out.error(ident, msg, str(why), "forbidden")
+        return None
 
     def _run_handler(self, ident: bytes, msg: p.Message, who: Principal) -> None:
         out = self.core.out

@@ -54,7 +54,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     ksub.add_parser("init", help="create the broker's key pair (turns CURVE on)")
     ka = ksub.add_parser("add", help="create and register a key for a peer")
     ka.add_argument("name")
-    ka.add_argument("--role", required=True, choices=["client", "admin", "worker"])
+    ka.add_argument("--role", required=True, choices=["client", "admin", "worker", "gateway"],
+                    help="client: its tenant's jobs; admin: everything; worker: runs tasks; "
+                         "gateway: the HTTP gateway, acting for the tenant each request names")
     ka.add_argument("--tenant", help="the tenant a client key acts for")
     ksub.add_parser("list", help="registered keys")
     kr = ksub.add_parser("revoke", help="revoke a key (takes effect on a running broker)")

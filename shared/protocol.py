@@ -74,6 +74,8 @@ class Message:
 
     TYPE: ClassVar[bytes] = b""
     blobs: list[bytes] = field(default_factory=list, repr=False, kw_only=True)
+    # a gateway key (the HTTP gateway) names the tenant a request is made for; nobody else may
+    as_tenant: str | None = field(default=None, kw_only=True)
 
 
 # ---------------------------------------------------------------- client -> broker

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
 
 import zmq
 import zmq.auth
@@ -37,7 +37,7 @@ class Credentials:
     server: bytes
 
     @classmethod
-    def load(cls, cert: str | os.PathLike[str], server_cert: str | os.PathLike[str]) -> "Credentials":
+    def load(cls, cert: str | os.PathLike[str], server_cert: str | os.PathLike[str]) -> Credentials:
         """Read this peer's secret certificate and the broker's public certificate."""
         try:
             public, secret = zmq.auth.load_certificate(cert)
@@ -49,7 +49,7 @@ class Credentials:
         return cls(public, secret, server)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], cert: str | None = None, server: str | None = None) -> "Credentials | None":
+    def from_env(cls, env: Mapping[str, str], cert: str | None = None, server: str | None = None) -> Credentials | None:
         """Flags first, then $CUTQ_KEY / $CUTQ_SERVER_KEY; None when neither is set."""
         cert = cert or env.get("CUTQ_KEY")
         server = server or env.get("CUTQ_SERVER_KEY")

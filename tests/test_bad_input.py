@@ -9,6 +9,7 @@ import struct
 import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.cluster import Cluster, sample_photo
