@@ -54,6 +54,13 @@ class BlobIO:
             self._pool.submit(self._delete, doomed)
 
     def _delete(self, digests: list[str]) -> None:
+        # `cutq backup` copies the blobs its database snapshot names: while its DATA/backup.lock is
+        # fresh these wait, and a later call deletes them once it is gone (broker/backup.py)
+        from broker.backup import deletion_hold
+
+        hold = deletion_hold(self, getattr(self.store, "root", None))
+        if hold is not None:
+            digests = hold.admit(digests, lambda d: self.pinned[d] > 0)
         for d in digests:
             try:
                 self.store.delete(d)

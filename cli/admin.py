@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.output import counts, print_json, table
+from cli.output import counts, print_json, size, table
 from shared.client import Client
 
 
@@ -20,6 +20,11 @@ def cmd_stats(args: argparse.Namespace, client: Client) -> int:
           f"drains in {eta}")
     print(f"workers {s['workers_busy']}/{s['workers_total']} busy, slots {s['slots_used']}/{s['slots_total']}"
           f"{', DISPATCH PAUSED' if s['paused'] else ''}")
+    if s.get("storage"):  # admin keys (and no CURVE) only
+        st = s["storage"]
+        print(f"storage: database {size(st['db_bytes'])} ({size(st['db_free_bytes'])} free), "
+              f"{st['blob_count']} blobs {size(st['blob_bytes'])}, dedup saved {size(st['dedup_saved_bytes'])}, "
+              f"{st['cache_hits']} cache hits")
     return 0
 
 

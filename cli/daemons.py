@@ -11,7 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.config import (
-    DEFAULT_MODEL, BrokerConfig, WorkerConfig, default_data_dir, default_endpoint, parse_duration,
+    DEFAULT_MODEL,
+    BrokerConfig,
+    WorkerConfig,
+    default_data_dir,
+    default_endpoint,
+    parse_duration,
 )
 
 
@@ -45,7 +50,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat, heartbeat_liveness=args.liveness,
         threads_per_slot=args.threads, preload_models=tuple(m for m in args.preload.split(",") if m),
         drain_timeout=args.drain_timeout, recycle_after_tasks=args.recycle_after,
-        recycle_rss_mb=args.recycle_rss_mb, max_image_pixels=args.max_pixels, max_image_bytes=args.max_bytes,
+        recycle_rss_mb=args.recycle_rss_mb, batch_size=args.batch,
+        max_image_pixels=args.max_pixels, max_image_bytes=args.max_bytes,
         key=args.key or "", server_key=args.server_key or "",
     )
     return serve(config)
@@ -86,6 +92,16 @@ def _auto_or_count(auto: int, least: int) -> Callable[[str], int]:
     return parse
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     """Add broker, worker, tui and up to `sub` (whose add_parser already adds `common`)."""
     b = sub.add_parser("broker", help="run the broker")
@@ -124,6 +140,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     w.add_argument("--recycle-rss-mb", type=_auto_or_count(-1, 0), default=WorkerConfig.recycle_rss_mb,
                    help="restart a slot process above this RSS in MiB; 0: never; auto (default): "
                         "max(1024, twice its RSS after its first task)")
+    w.add_argument("--batch", type=_positive, default=WorkerConfig.batch_size, metavar="N",
+                   help="micro-batching: up to N queued tasks of one model per inference run in a slot "
+                        "(off: 1; meant for GPUs, gains nothing on CPU)")
     w.add_argument("--max-pixels", type=int, default=WorkerConfig.max_image_pixels)
     w.add_argument("--max-bytes", type=int, default=WorkerConfig.max_image_bytes)
     w.set_defaults(func=cmd_worker, daemon=True)

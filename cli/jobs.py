@@ -7,10 +7,9 @@ import json
 import sys
 from typing import Any
 
-from cli.output import ago, bar, counts, print_json, table
-from shared.client import Client, CutqError, collect_images
+from cli.output import UploadLine, ago, bar, counts, print_json, table
+from shared.client import MAX_MESSAGE_BYTES, Client, collect_images
 from shared.config import DEFAULT_MODEL
-from shared.names import validate_input_name
 from shared.options import PROCESSORS
 from shared.states import TASK_STATES, TERMINAL
 
@@ -42,14 +41,17 @@ def _print_fetch_problems(problems: list[str]) -> None:
 
 
 def cmd_submit(args: argparse.Namespace, client: Client) -> int:
+    """Names and sizes are checked before anything is sent; files are read part by part as they go."""
     files = collect_images(args.files)
-    for f in files:  # before reading or sending anything
-        if problem := validate_input_name(f.name):
-            raise CutqError(problem, code="bad_request")
-    job_id = client.submit(
-        [(f.name, f.read_bytes()) for f in files], processor=args.processor, options=_options(args),
-        priority=args.priority, tenant=args.tenant,
-    )
+    client.max_message_bytes = int(args.max_message_mb * 1024 * 1024)
+    line = UploadLine(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        job_id = client.submit_paths(files, processor=args.processor, options=_options(args),
+                                     priority=args.priority, tenant=args.tenant, no_cache=args.no_cache,
+                                     progress=line)
+    finally:
+        if line is not None:
+            line.end()
     if not args.wait:
         if args.json:
             print_json({"job_id": job_id, "tasks": len(files)})
@@ -82,8 +84,8 @@ def cmd_status(args: argparse.Namespace, client: Client) -> int:
     print(f"job {status['job_id']}  {status['state']}  {status['done']}/{status['total']} done  "
           f"processor={status['processor']} model={status['model']} tenant={status['tenant']}")
     print(f"  {counts(status)}   submitted {ago(status['created'])}  finished {ago(status['finished'])}")
-    rows = [[t["task_id"], t["name"], t["state"], t["attempts"], t["worker"] or "-", t["error"] or ""]
-            for t in status["tasks"]]
+    rows = [[t["task_id"], t["name"], t["state"] + (" (cached)" if t.get("cached") else ""), t["attempts"],
+             t["worker"] or "-", t["error"] or ""] for t in status["tasks"]]
     print(table(rows, ["TASK", "FILE", "STATE", "ATTEMPTS", "WORKER", "ERROR"]))
     return 0
 
@@ -173,6 +175,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     s.add_argument("--seconds", type=float, default=1.0, help="(sleep processor) seconds per task")
     s.add_argument("--priority", type=int, default=0)
     s.add_argument("--tenant", default="default")
+    s.add_argument("--no-cache", action="store_true",
+                   help="run every image even if an equal one (same bytes, processor and options) has a result")
+    s.add_argument("--max-message-mb", type=float, default=MAX_MESSAGE_BYTES / 1024 / 1024,
+                   help="the broker's --max-message-mb: a bigger image is refused before sending (default %(default)g)")
     s.add_argument("--wait", action="store_true", help="wait for the job to end")
     s.add_argument("--out", help="with --wait: write results here as <stem>.<ext>")
     s.add_argument("--json", action="store_true")

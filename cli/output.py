@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from shared.states import TASK_STATES
 
@@ -34,3 +34,39 @@ def counts(d: dict[str, Any]) -> str:
 def bar(done: int, total: int, width: int = 30) -> str:
     filled = int(width * done / total) if total else width
     return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def size(n: float) -> str:
+    """Bytes for a person: 512 B, 1.5 KiB, 20.0 MiB, 2.1 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # not reached
+
+
+class UploadLine:
+    """`progress` for Client.submit: one line on a terminal, redrawn with \r (at most 10 times a second)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.drawn = False
+        self._last = 0.0
+
+    def __call__(self, sent: int, total: int | None) -> None:
+        now = time.monotonic()
+        if self.drawn and now - self._last < 0.1 and sent != total:
+            return
+        self._last = now
+        pct = f" ({100 * sent / total:.0f}%)" if total else ""
+        of = f" / {size(total)}" if total else ""
+        self.stream.write(f"\ruploading {size(sent)}{of}{pct}\x1b[K")
+        self.stream.flush()
+        self.drawn = True
+
+    def end(self) -> None:
+        """Leave the line (after the job is acknowledged, or on an error)."""
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False

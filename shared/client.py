@@ -2,7 +2,9 @@
 
 Synchronous and single-threaded: one DEALER socket per Client, requests matched to
 replies by `req` id, pushed events buffered in between.  Use one Client per thread.
-Never imports textual.
+A job bigger than one part (8 MiB) is streamed: `UploadStart`, parts of about the
+broker's part size with a few in flight, then one `Submit` naming the upload, so
+neither side ever holds the whole job in memory.  Never imports textual.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import itertools
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,13 @@ from shared.security import Credentials
 from shared.states import TERMINAL
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+PART_BYTES = 8 * 1024 * 1024  # a job smaller than this goes in one Submit; bigger ones are streamed
+UPLOAD_WINDOW = 4  # parts sent and not yet acknowledged, at most
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the broker's default --max-message-mb
+PART_MAX_NAMES = 1000  # images in one part, at most (its body stays small)
+_FRAMES_OVERHEAD = 512  # version, type and msgpack body around one image, besides its name
+
+Progress = Callable[[int, "int | None"], None]  # (bytes acknowledged, total bytes or None if unknown)
 
 
 class CutqError(Exception):
@@ -41,7 +51,7 @@ class BrokerUnavailable(CutqError):
         super().__init__(message, code="unavailable")
 
 
-def collect_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+def collect_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand files and directories (non-recursive, sorted) into image files to submit."""
     found: list[Path] = []
     for raw in paths:
@@ -65,18 +75,21 @@ class Client:
         endpoint: str | None = None,
         *,
         timeout: float = 15.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         credentials: Credentials | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
-        """`credentials` default to $CUTQ_KEY/$CUTQ_SERVER_KEY when set (CURVE), else none."""
+        """`credentials` default to $CUTQ_KEY/$CUTQ_SERVER_KEY when set (CURVE), else none.
+        `max_message_bytes`: the broker's cap on one message; a bigger image is refused here."""
         self.endpoint = endpoint or default_endpoint()
         self.credentials = credentials if credentials is not None else Credentials.from_env(os.environ)
         self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
         self._own_context = context is None
-        self._ctx = context or zmq.Context()
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         self._ids = itertools.count(1)
-        self._events: deque[dict] = deque()
-        self._sock: zmq.Socket | None = None
+        self._events: deque[dict[str, Any]] = deque()
+        self._sock: zmq.Socket[bytes] | None = None
         self._subscription: tuple[str | None, float] | None = None
         self._connect()
 
@@ -105,7 +118,7 @@ class Client:
         if self._own_context:
             self._ctx.term()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -121,63 +134,163 @@ class Client:
         except p.ProtocolError:
             return None  # a garbled frame from the broker is dropped, not fatal
 
-    def _request(self, msg: p.Message, timeout: float | None = None) -> p.Reply:
-        timeout = self.timeout if timeout is None else timeout
+    def _send(self, msg: p.Message, timeout: float) -> int:
+        """Give `msg` a fresh req id and send it; BrokerUnavailable if not connected within `timeout`."""
         assert self._sock is not None
-        msg.req = next(self._ids)  # type: ignore[attr-defined]
-        deadline = time.monotonic() + timeout
+        req = next(self._ids)
+        msg.req = req  # type: ignore[attr-defined]
         # IMMEDIATE: the socket takes a message only once connected; wait for that, bounded
-        if not self._sock.poll(int(timeout * 1000), zmq.POLLOUT):
+        if not self._sock.poll(max(0, int(timeout * 1000)), zmq.POLLOUT):
             self._reconnect()
             raise BrokerUnavailable(f"cannot connect to broker at {self.endpoint} within {timeout:g}s")
         self._sock.send_multipart(p.encode(msg), copy=False)
+        return req
+
+    def _await(self, reqs: Collection[int], timeout: float, waited: float | None = None) -> p.Reply:
+        """The next reply to one of `reqs` (events are buffered, other replies dropped).
+
+        An error reply raises CutqError; none within `timeout` reconnects and raises
+        BrokerUnavailable (saying `waited` seconds, default `timeout`)."""
+        deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             reply = self._receive(left) if left > 0 else None
             if reply is None:
                 self._reconnect()
-                raise BrokerUnavailable(f"no reply from broker at {self.endpoint} within {timeout:g}s")
+                raise BrokerUnavailable(f"no reply from broker at {self.endpoint} within "
+                                        f"{timeout if waited is None else waited:g}s")
             if isinstance(reply, p.Events):
                 self._events.extend(reply.events)
-            elif isinstance(reply, p.Reply) and reply.req == msg.req:  # type: ignore[attr-defined]
+            elif isinstance(reply, p.Reply) and reply.req in reqs:
                 if not reply.ok:
                     raise CutqError(reply.error, code=reply.code or "error")
                 return reply
+
+    def _request(self, msg: p.Message, timeout: float | None = None) -> p.Reply:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        req = self._send(msg, timeout)
+        return self._await((req,), max(0.0, deadline - time.monotonic()), waited=timeout)
 
     # ------------------------------------------------------------------ requests
 
     def submit(
         self,
-        files: Sequence[tuple[str, bytes]],
+        files: Iterable[tuple[str, bytes]],
         *,
         processor: str = "rembg",
         options: dict[str, Any] | None = None,
         priority: int = 0,
         tenant: str = "default",
         timeout: float | None = None,
+        no_cache: bool = False,
+        progress: Progress | None = None,
+        total_bytes: int | None = None,
     ) -> str:
         """Submit (name, bytes) pairs as one job; returns the job id once it is durable.
 
-        `timeout` bounds the wait for the acknowledgement (default: the client's timeout,
-        but at least 60 s, since a large upload takes a while to commit)."""
-        if not files:
+        `files` is a sequence, or any iterable that yields the pairs lazily (memory then
+        stays bounded by a few parts, whatever the job's size).  A job under PART_BYTES
+        goes in one Submit; a bigger one is streamed in parts of about the broker's part
+        size, UPLOAD_WINDOW of them in flight, each acknowledged once durable; the job
+        exists only once the final Submit is acknowledged (an upload cut short leaves
+        nothing: the broker drops it).  Names and sizes of a sequence are all checked
+        before anything is sent (a lazy iterable's as each pair comes): an image bigger
+        than `max_message_bytes` is refused with code too_large.
+        `timeout` bounds the wait for the job's acknowledgement (default: the client's
+        timeout, but at least 60 s); each part waits up to the client's timeout.
+        `progress(bytes_acknowledged, total_bytes or None)` is called as parts are
+        acknowledged; `total_bytes` defaults to the sum of a sequence's sizes."""
+        if isinstance(files, Sequence):
+            if not files:
+                raise CutqError("a job needs at least one image", code="bad_request")
+            for name, data in files:  # before anything is sent
+                self._check_image(name, len(data))
+            if total_bytes is None:
+                total_bytes = sum(len(data) for _, data in files)
+        job = _JobSpec(processor, dict(options or {}), priority, tenant, no_cache,
+                       max(self.timeout, 60.0) if timeout is None else timeout)
+        items = iter(files)
+        head: list[tuple[str, bytes]] = []
+        size = 0
+        for name, data in items:
+            self._check_image(name, len(data))
+            head.append((name, data))
+            size += len(data)
+            if size >= PART_BYTES:
+                return self._upload(job, head, items, total_bytes, progress)
+        if not head:
             raise CutqError("a job needs at least one image", code="bad_request")
-        for name, _ in files:  # before anything is sent
-            problem = validate_input_name(name)
-            if problem:
-                raise CutqError(problem, code="bad_request")
-        msg = p.Submit(
-            req=0, names=[n for n, _ in files], processor=processor,
-            options=dict(options or {}), priority=priority, tenant=tenant,
-        )
-        msg.blobs = [data for _, data in files]
-        wait = max(self.timeout, 60.0) if timeout is None else timeout
-        return self._request(msg, timeout=wait).data["job_id"]
+        if progress is not None:
+            progress(0, total_bytes)
+        msg = p.Submit(req=0, names=[n for n, _ in head], processor=job.processor, options=job.options,
+                       priority=job.priority, tenant=job.tenant, no_cache=job.no_cache)
+        msg.blobs = [data for _, data in head]
+        job_id: str = self._request(msg, timeout=job.timeout).data["job_id"]
+        if progress is not None:
+            progress(size, total_bytes)
+        return job_id
 
-    def submit_paths(self, paths: Iterable[str | os.PathLike], **kwargs: Any) -> str:
-        """Submit image files and directories as one job (see `submit` for options)."""
-        files = [(f.name, f.read_bytes()) for f in collect_images(paths)]
-        return self.submit(files, **kwargs)
+    def _check_image(self, name: str, size: int) -> None:
+        """Refuse, before sending, a bad name or an image no message can carry."""
+        problem = validate_input_name(name)
+        if problem:
+            raise CutqError(problem, code="bad_request")
+        limit = self.max_message_bytes - _FRAMES_OVERHEAD - len(name.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            raise CutqError(f"{_label(name)} is {size} bytes, more than one message to the broker may carry "
+                            f"({self.max_message_bytes} bytes with its name); not sent", code="too_large")
+
+    def _upload(self, job: _JobSpec, head: list[tuple[str, bytes]], rest: Iterator[tuple[str, bytes]],
+                total: int | None, progress: Progress | None) -> str:
+        """Stream a big job: UploadStart, the parts with a window of acknowledgements, Submit."""
+        start = self._request(p.UploadStart(req=0)).data
+        upload_id, part_bytes = str(start["upload_id"]), int(start.get("part_bytes") or PART_BYTES)
+        if progress is not None:
+            progress(0, total)
+        pending: dict[int, int] = {}  # req -> bytes of that part, sent and not yet acknowledged
+        acked = 0
+
+        def checked() -> Iterator[tuple[str, bytes]]:
+            while head:  # handed over one by one, so the first part's bytes are not held to the end
+                yield head.pop(0)
+            for name, data in rest:
+                self._check_image(name, len(data))
+                yield name, data
+
+        def wait_one() -> None:
+            nonlocal acked
+            reply = self._await(pending.keys(), self.timeout)
+            acked += pending.pop(reply.req)
+            if progress is not None:
+                progress(acked, total)
+
+        for number, part in enumerate(_parts(checked(), part_bytes)):
+            while len(pending) >= UPLOAD_WINDOW:
+                wait_one()
+            msg = p.UploadPart(req=0, upload_id=upload_id, part=number, names=[n for n, _ in part])
+            msg.blobs = [data for _, data in part]
+            pending[self._send(msg, self.timeout)] = sum(len(d) for d in msg.blobs)
+            del msg, part  # the socket keeps what it still has to send; nothing else holds the bytes
+        while pending:
+            wait_one()
+        done = p.Submit(req=0, names=[], processor=job.processor, options=job.options, priority=job.priority,
+                        tenant=job.tenant, upload_id=upload_id, no_cache=job.no_cache)
+        return str(self._request(done, timeout=job.timeout).data["job_id"])
+
+    def submit_paths(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> str:
+        """Submit image files and directories as one job (see `submit` for options).
+
+        Every name and size is checked before anything is sent; each file is read only when
+        its part is built, so a job of many GB needs a few parts' worth of memory."""
+        files = collect_images(paths)
+        total = 0
+        for f in files:
+            size = f.stat().st_size
+            self._check_image(f.name, size)
+            total += size
+        kwargs.setdefault("total_bytes", total)
+        return self.submit(_read_lazily(files), **kwargs)
 
     def status(self, job_id: str, *, tasks: bool = True) -> dict[str, Any]:
         """The job's state, per-state task counts and (with tasks=True) its task rows."""
@@ -195,7 +308,8 @@ class Client:
 
     def workers(self) -> list[dict[str, Any]]:
         """Connected (and recently dead) workers."""
-        return self._request(p.Workers(req=0)).data["workers"]
+        workers: list[dict[str, Any]] = self._request(p.Workers(req=0)).data["workers"]
+        return workers
 
     def cancel(self, job_id: str, task_ids: list[int] | None = None) -> dict[str, Any]:
         """Cancel queued and running tasks of a job: {"cancelled": N}."""
@@ -205,13 +319,34 @@ class Client:
         """Re-queue failed and cancelled tasks of a job: {"requeued": N}."""
         return self._request(p.Retry(req=0, job_id=job_id, task_ids=task_ids)).data
 
+    def delete(self, job_id: str) -> dict[str, Any]:
+        """Cancel what runs of a job, then remove it with its images and results:
+        {"job_id", "deleted": True}.  Its status then says it is gone (code not_found)."""
+        return self._request(p.Delete(req=0, job_id=job_id)).data
+
+    def purge(self, state: str | None = None, older_than_s: float | None = None,
+              tenant: str | None = None) -> dict[str, Any]:
+        """Delete every finished job matching the filters (a client key: its own tenant's only).
+
+        The broker deletes at most 1,000 per request; this asks again while it says there
+        are more.  Returns {"deleted": total, "job_ids": [...]}."""
+        deleted, job_ids = 0, []
+        while True:
+            data = self._request(p.Purge(req=0, state=state, older_than_s=older_than_s, tenant=tenant,
+                                         limit=1000)).data
+            deleted += int(data["deleted"])
+            job_ids += data["job_ids"]
+            if not data.get("more") or not data["deleted"]:
+                return {"deleted": deleted, "job_ids": job_ids}
+
     def pause(self, paused: bool = True, tenant: str | None = None) -> dict[str, Any]:
         """Pause or resume dispatch (globally, or for one tenant); persisted by the broker."""
         return self._request(p.Pause(req=0, paused=paused, tenant=tenant)).data
 
     def tenants(self) -> list[dict[str, Any]]:
         """Each tenant's policy (weight, caps), task counts and pause flag."""
-        return self._request(p.Tenants(req=0)).data["tenants"]
+        tenants: list[dict[str, Any]] = self._request(p.Tenants(req=0)).data["tenants"]
+        return tenants
 
     def set_tenant(self, tenant: str, **policy: float) -> dict[str, Any]:
         """Set a tenant's weight, max_running, rate (tasks/s) or max_queued (admin only)."""
@@ -222,7 +357,7 @@ class Client:
         reply = self._request(p.Fetch(req=0, task_id=task_id, what=what), timeout=max(self.timeout, 60.0))
         return reply.data, reply.blobs[0]
 
-    def fetch(self, job_id: str, out_dir: str | os.PathLike, *, problems: list[str] | None = None) -> list[Path]:
+    def fetch(self, job_id: str, out_dir: str | os.PathLike[str], *, problems: list[str] | None = None) -> list[Path]:
         """Write every done task's result of a job into out_dir; returns the files written.
 
         Each file is named by `shared.names.safe_result_name` (`<input stem>.<ext>`, one path
@@ -275,7 +410,7 @@ class Client:
         self._subscription = None
         self._request(p.Unsubscribe(req=0))
 
-    def next_events(self, timeout: float) -> list[dict]:
+    def next_events(self, timeout: float) -> list[dict[str, Any]]:
         """Events pushed since the last call, waiting up to `timeout` for the first one.
 
         Renews the subscription lease when it is half spent; raises BrokerUnavailable
@@ -298,7 +433,7 @@ class Client:
         if self._subscription and time.monotonic() >= self._subscription[1]:
             self.subscribe(self._subscription[0])
 
-    def events(self, job_id: str | None = None, timeout: float | None = None) -> Iterator[dict]:
+    def events(self, job_id: str | None = None, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Subscribe and yield events until `timeout` seconds pass (forever with None)."""
         self.subscribe(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -322,6 +457,38 @@ class Client:
             if not events or any(e.get("job_id") == job_id and e.get("kind") == "job" for e in events):
                 status = self.status(job_id, tasks=False)
         return self.status(job_id)
+
+
+@dataclass(frozen=True)
+class _JobSpec:
+    """What a job's Submit carries besides its images, and how long its acknowledgement may take."""
+
+    processor: str
+    options: dict[str, Any]
+    priority: int
+    tenant: str
+    no_cache: bool
+    timeout: float
+
+
+def _parts(items: Iterable[tuple[str, bytes]], part_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
+    """Group images into parts of about `part_bytes` (an image bigger than that goes alone)."""
+    part: list[tuple[str, bytes]] = []
+    size = 0
+    for name, data in items:
+        if part and (size + len(data) > part_bytes or len(part) >= PART_MAX_NAMES):
+            yield part
+            part, size = [], 0
+        part.append((name, data))
+        size += len(data)
+    if part:
+        yield part
+
+
+def _read_lazily(files: list[Path]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each file, read only when asked for."""
+    for f in files:
+        yield f.name, f.read_bytes()
 
 
 def result_filename(input_name: str, ext: str) -> str:

@@ -1,0 +1,71 @@
+"""`cutq delete`, `purge` and `backup`: what the broker keeps, removed or copied."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cli.daemons import duration
+from cli.output import print_json, size
+from shared.client import Client
+from shared.config import default_data_dir
+
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+def cmd_delete(args: argparse.Namespace, client: Client) -> int:
+    r = client.delete(args.job)
+    print_json(r) if args.json else print(f"deleted job {args.job} with its images and results")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace, client: Client) -> int:
+    r = client.purge(args.state, older_than_s=args.older_than, tenant=args.tenant)
+    print_json(r) if args.json else print(f"purged {r['deleted']} finished job(s)")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    """Runs on the broker's machine, beside the running broker; no connection to it."""
+    from broker.backup import BackupError, backup
+
+    try:
+        report = backup(Path(args.data), Path(args.dest), link=not args.copy)
+    except BackupError as e:
+        print(f"cutq: backup failed: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(report.as_dict())
+        return 0
+    c = report.counts
+    tasks = sum(n for k, n in c.items() if k.startswith("tasks_"))
+    print(f"backed up {c['jobs']} job(s), {tasks} task(s) ({c.get('tasks_done', 0)} done) and {report.blobs} "
+          f"blob(s) ({size(report.blob_bytes)}: {report.linked} hard-linked, {report.copied} copied), "
+          f"{report.key_files} key file(s) to {report.dest} in {report.seconds:.1f}s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """Add delete, purge and backup to `sub`."""
+    d = sub.add_parser("delete", help="cancel a job, then remove it with its images and results")
+    d.add_argument("job")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("purge", help="delete finished jobs (a client key: its own tenant's only)")
+    p.add_argument("--state", choices=FINAL_STATES, help="only jobs in this state")
+    p.add_argument("--older-than", type=duration, metavar="DURATION",
+                   help="only jobs submitted at least this long ago: 30s, 15m, 1h, 7d")
+    p.add_argument("--tenant", help="only this tenant's jobs (admin)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_purge)
+
+    b = sub.add_parser("backup", help="copy the broker's database, images and keys while it runs "
+                                      "(on the broker's machine)")
+    b.add_argument("dest", help="a new or empty folder")
+    b.add_argument("--data", default=str(default_data_dir()), help="the broker's data directory ($CUTQ_DATA)")
+    b.add_argument("--copy", action="store_true",
+                   help="copy the images even when DEST is on the same file system (default: hard links)")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_backup, daemon=True)
