@@ -101,5 +101,8 @@ class WorkerConfig:
     # recycle a slot above this RSS in MiB; 0: never; -1: auto, max(1024, 2x its RSS after its first
     # task) (a u2netp slot settles near 525 MiB: docs/ARCHITECTURE.md, Workers)
     recycle_rss_mb: int = -1
+    # micro-batching: a slot takes up to N queued rembg tasks of one model as one onnxruntime run
+    # (same pixels; for GPUs: on CPU it gains nothing). 1: off. The worker asks for slots x N tasks.
+    batch_size: int = 1
     key: str = ""  # this worker's secret CURVE certificate (CUTQ_KEY)
     server_key: str = ""  # the broker's public certificate (CUTQ_SERVER_KEY)

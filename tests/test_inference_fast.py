@@ -244,3 +244,26 @@ def test_free_batch_dimension_patches_only_the_declarations():
         free_batch_dimension(b"\x0a\x02hi")  # no graph
     with pytest.raises(ModelFormatError):
         free_batch_dimension(b"\x3a\xff")  # truncated
+
+
+def test_process_batch_gives_what_process_gives(proc, ref):
+    """A batch mixing photos, options, formats and one broken file: every result as alone."""
+    items = [
+        (photo_bytes("chelsea.png"), {}),
+        (small("rocket.jpg", fmt="JPEG", quality=90), {"bgcolor": "#102030"}),
+        (b"not an image at all", {}),
+        (small("coffee.png", mode="L"), {"only_mask": True, "format": "webp"}),
+        (photo_bytes("astronaut.png"), {"post_process_mask": True, "png_compression": 6}),
+        (small("astronaut.png"), {"colour": "red"}),  # bad options
+    ]
+    results = proc.process_batch(items)
+    assert len(results) == len(items)
+    for (data, options), result in zip(items, results, strict=True):
+        if isinstance(result, Exception):
+            with pytest.raises(type(result), match="not an image|bad options"):
+                proc.process(data, options)
+            continue
+        alone = proc.process(data, options)
+        assert result[1] == alone[1]
+        assert_same_pixels(result[0], alone[0])
+    assert results[4][0] == rembg.remove(items[4][0], session=ref, post_process_mask=True)  # rembg's bytes

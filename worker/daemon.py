@@ -102,12 +102,13 @@ class WorkerDaemon:
         held = [[t["task_id"], t["attempt"]] for t in self._held()]
         self._send(p.Ready(
             name=self.name, host=socket.gethostname(), pid=os.getpid(),
-            slots=0 if self.draining else len(self.slots), threads=self.settings.threads, models=self.models,
+            slots=0 if self.draining else len(self.slots) * self.config.batch_size,  # tasks it takes at once
+            threads=self.settings.threads, models=self.models,
             providers=_providers(), processors=["rembg", "noop", "sleep"], running=held,
         ))
 
     def _held(self) -> list[dict]:
-        return [s.task for s in self.slots if s.task is not None] + [t for t, _ in self.waiting]
+        return [t for s in self.slots for t in s.tasks] + [t for t, _ in self.waiting]
 
     def _send(self, msg: p.Message) -> None:
         assert self.sock is not None
@@ -247,10 +248,13 @@ class WorkerDaemon:
     def _on_cancel(self, task_ids: set[int]) -> None:
         self.waiting = deque((t, d) for t, d in self.waiting if t["task_id"] not in task_ids)
         for slot in self.slots:
-            if slot.task is not None and slot.task["task_id"] in task_ids:
-                log.info("cancelling task %d: restarting slot %d", slot.task["task_id"], slot.index)
+            cancelled = [t["task_id"] for t in slot.tasks if t["task_id"] in task_ids]
+            if cancelled:
+                log.info("cancelling task %s: restarting slot %d", ", ".join(map(str, cancelled)), slot.index)
+                others = [(t, d) for t, d in slot.items if t["task_id"] not in task_ids]
                 slot.kill()
                 slot.start()
+                self.waiting.extendleft(reversed(others))  # its batch-mates run again, first
 
     def _start_waiting(self) -> None:
         if self.draining:
@@ -265,7 +269,25 @@ class WorkerDaemon:
             if slot.conn is not None and slot.ready and not slot.busy:
                 if self._maybe_recycle(slot):
                     continue
-                slot.submit(*self.waiting.popleft())
+                slot.submit_batch(self._next_batch())
+
+    def _next_batch(self) -> list[tuple[dict, bytes]]:
+        """The first waiting task, with (micro-batching) up to batch_size - 1 more waiting
+        rembg tasks of the same model, in queue order."""
+        first = self.waiting.popleft()
+        if self.config.batch_size <= 1 or first[0]["processor"] != "rembg":
+            return [first]
+        model = (first[0].get("options") or {}).get("model", DEFAULT_MODEL)
+        batch, rest = [first], deque()
+        while self.waiting:
+            item = self.waiting.popleft()
+            if (len(batch) < self.config.batch_size and item[0]["processor"] == "rembg"
+                    and (item[0].get("options") or {}).get("model", DEFAULT_MODEL) == model):
+                batch.append(item)
+            else:
+                rest.append(item)
+        self.waiting = rest
+        return batch
 
     def _maybe_recycle(self, slot: Slot) -> bool:
         """Between tasks, replace a slot process that ran too long or grew too big."""
@@ -285,10 +307,10 @@ class WorkerDaemon:
             while slot.conn.poll():
                 self._on_slot_message(slot, slot.conn.recv())
         except (EOFError, OSError):
-            task = slot.task
+            tasks = slot.tasks
             reason = slot.exit_reason() if slot.process is not None else "inference process died"
             slot.kill()
-            if task is not None:
+            for task in tasks:
                 self.outbox.append(({"task_id": task["task_id"], "attempt": task["attempt"], "ok": False,
                                      "error": reason, "error_kind": "transient"}, None))
             # a slot that dies before it is even ready (broken install, no memory) must not
@@ -308,8 +330,8 @@ class WorkerDaemon:
         elif kind == "progress":
             self._send(p.Progress(task_id=item[1], attempt=item[2], stage=item[3]))
         elif kind in ("ok", "error"):
-            task, slot.task = slot.task, None
-            if task is None or task["task_id"] != item[1]:
+            task = slot.finish(item[1])
+            if task is None:
                 return  # a reply from before a cancel-restart; nothing waits for it
             if kind == "ok":
                 self.outbox.append(({"task_id": item[1], "attempt": item[2], "ok": True, "ext": item[4],

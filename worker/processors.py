@@ -149,6 +149,55 @@ class RembgProcessor:
             img.close()
         return encode(cutout, opts["format"], opts["png_compression"]), opts["format"]
 
+    def process_batch(self, items: list[tuple[bytes, dict]]) -> list[tuple[bytes, str] | Exception]:
+        """Micro-batching: what process() gives for each (data, options), or the exception it
+        would raise. Inputs of one model whose session can batch (worker/cutout.py) go through
+        onnxruntime as one batch, with the same masks as one by one; the rest run alone."""
+        results: list[tuple[bytes, str] | Exception | None] = [None] * len(items)
+        groups: dict[str, list[tuple[int, Any, dict]]] = {}
+        for i, (data, options) in enumerate(items):
+            try:
+                opts = self.options(options)
+                if not self._batchable(opts["model"]):
+                    results[i] = self.process(data, options)
+                    continue
+                groups.setdefault(opts["model"], []).append((i, self.decode(data, opts), opts))
+            except Exception as e:
+                results[i] = e
+        for model, group in groups.items():
+            try:
+                self._run_group(model, group, results)
+            finally:
+                for _, img, _ in group:
+                    img.close()
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    def _batchable(self, model: str) -> bool:
+        if not self.fast:
+            return False
+        predictor = self.predictor(model)
+        return predictor is not None and predictor.enable_batching(self.session_options(), self.providers)
+
+    def _run_group(self, model: str, group: list[tuple[int, Any, dict]], results: list) -> None:
+        import numpy as np
+
+        from worker.cutout import cut_out, encode
+
+        session, predictor = self.session(model), self.predictor(model)
+        try:
+            outputs = predictor.infer(np.stack([predictor.prepare(img) for _, img, _ in group]))
+        except Exception as e:
+            for i, _, _ in group:
+                results[i] = e
+            return
+        for k, (i, img, opts) in enumerate(group):
+            try:
+                mask = predictor.mask(outputs[k:k + 1], img.size)
+                cutout = cut_out(img, session, predictor, opts, masks=[mask])
+                results[i] = (encode(cutout, opts["format"], opts["png_compression"]), opts["format"])
+            except Exception as e:
+                results[i] = e
+
     def options(self, options: dict) -> dict:
         """The task's options checked and defaulted (InputError when they are bad)."""
         try:

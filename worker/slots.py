@@ -69,18 +69,40 @@ def _serve_slot(conn: Connection, settings: SlotSettings) -> None:
             return
         if item is None:
             return
+        if item[0] == "batch":  # micro-batching: several rembg tasks of one model, one onnxruntime run
+            _run_batch(conn, processor("rembg"), item[1], InputError)
+            continue
         task, data = item
-        tid, attempt = task["task_id"], task["attempt"]
-        conn.send(("progress", tid, attempt, "running"))
+        conn.send(("progress", task["task_id"], task["attempt"], "running"))
         try:
-            out, ext = processor(task["processor"]).process(data, task.get("options") or {})
-            conn.send(("ok", tid, attempt, out, ext))
-        except InputError as e:
-            conn.send(("error", tid, attempt, "input", str(e)))
-        except MemoryError:
-            conn.send(("error", tid, attempt, "transient", "out of memory"))
-        except Exception as e:  # anything else may work elsewhere: retried by the broker
-            conn.send(("error", tid, attempt, "transient", f"{e.__class__.__name__}: {e}"))
+            result = processor(task["processor"]).process(data, task.get("options") or {})
+        except Exception as e:
+            result = e
+        _reply(conn, task, result, InputError)
+
+
+def _run_batch(conn: Connection, rembg: Any, items: list[tuple[dict, bytes]], input_error: type) -> None:
+    for task, _ in items:
+        conn.send(("progress", task["task_id"], task["attempt"], "running"))
+    try:
+        results = rembg.process_batch([(data, task.get("options") or {}) for task, data in items])
+    except Exception as e:  # the batch as a whole failed: each of its tasks says so
+        results = [e] * len(items)
+    for (task, _), result in zip(items, results, strict=True):
+        _reply(conn, task, result, input_error)
+
+
+def _reply(conn: Connection, task: dict, result: Any, input_error: type) -> None:
+    """("ok", id, attempt, bytes, ext) or ("error", id, attempt, kind, reason) for one task."""
+    tid, attempt = task["task_id"], task["attempt"]
+    if isinstance(result, input_error):
+        conn.send(("error", tid, attempt, "input", str(result)))
+    elif isinstance(result, MemoryError):
+        conn.send(("error", tid, attempt, "transient", "out of memory"))
+    elif isinstance(result, BaseException):  # anything else may work elsewhere: retried by the broker
+        conn.send(("error", tid, attempt, "transient", f"{result.__class__.__name__}: {result}"))
+    else:
+        conn.send(("ok", tid, attempt, *result))
 
 
 @dataclass
@@ -91,7 +113,7 @@ class Slot:
     settings: SlotSettings
     process: Any = None
     conn: Connection | None = None
-    task: dict | None = None  # the task it runs now
+    items: list[tuple[dict, bytes]] = field(default_factory=list)  # what it runs now: 1 task, or a batch
     tasks_run: int = 0
     models: list[str] = field(default_factory=list)
     ready: bool = False
@@ -106,22 +128,43 @@ class Slot:
                                     name=f"cutq-slot-{self.index}")
         self.process.start()
         child.close()
-        self.conn, self.task, self.tasks_run, self.ready, self.started = parent, None, 0, False, True
+        self.conn, self.items, self.tasks_run, self.ready, self.started = parent, [], 0, False, True
         self.first_task_rss = 0.0
 
     @property
     def busy(self) -> bool:
-        return self.task is not None
+        return bool(self.items)
+
+    @property
+    def task(self) -> dict | None:
+        """The (first) task it runs now."""
+        return self.items[0][0] if self.items else None
+
+    @property
+    def tasks(self) -> list[dict]:
+        return [t for t, _ in self.items]
 
     def fileno(self) -> int:
         assert self.conn is not None
         return self.conn.fileno()
 
     def submit(self, task: dict, data: bytes) -> None:
-        assert self.conn is not None and self.task is None
-        self.task = task
-        self.tasks_run += 1
-        self.conn.send((task, data))
+        self.submit_batch([(task, data)])
+
+    def submit_batch(self, items: list[tuple[dict, bytes]]) -> None:
+        """Run these tasks (rembg tasks of one model when more than one) as one batch."""
+        assert self.conn is not None and not self.items and items
+        self.items = list(items)
+        self.tasks_run += len(items)
+        self.conn.send(items[0] if len(items) == 1 else ("batch", self.items))
+
+    def finish(self, task_id: int) -> dict | None:
+        """The task `task_id` has answered: no longer running here (None if it was not)."""
+        for i, (task, _) in enumerate(self.items):
+            if task["task_id"] == task_id:
+                del self.items[i]
+                return task
+        return None
 
     def kill(self) -> None:
         """Stop the process now (cancel or shutdown); the slot must be started again to reuse."""
@@ -131,7 +174,7 @@ class Slot:
             self.process.join(timeout=5)
         if self.conn is not None:
             self.conn.close()
-        self.conn, self.task = None, None
+        self.conn, self.items = None, []
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the process to exit after its current task; kill it if it lingers."""
