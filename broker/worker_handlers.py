@@ -110,7 +110,9 @@ class WorkerHandlers:
                 continue
             if w.running.get(r["task_id"]) != r["attempt"]:
                 continue  # cancelled or superseded meanwhile: the late result is dropped
-            core.release(w, r["task_id"])
+            # the slot is free; the task still counts against its tenant's running cap until
+            # its result is recorded (the rows say running until then)
+            w.running.pop(r["task_id"])
             w.finished_at.append(core.clock())
             self._apply(w, r, data)
 
@@ -130,6 +132,7 @@ class WorkerHandlers:
 
         def fail() -> None:
             core.redoable.append(fail)
+            core.running_tenant.pop(task_id, None)
             w.failed += 1
             core.record_failure(task_id, attempt, worker_id, error, kind)
 
@@ -150,6 +153,7 @@ class WorkerHandlers:
             core.redoable.append(lambda: complete(digest))
             if w.running.get(r["task_id"]) == r["attempt"]:
                 core.release(w, r["task_id"])  # memory was rebuilt from the rows after a failed turn
+            core.running_tenant.pop(r["task_id"], None)
             done = core.store.complete(r["task_id"], r["attempt"], worker_id, BlobRef(digest, len(data)), ext,
                                        r.get("model_file"))
             if done:

@@ -74,9 +74,9 @@ def test_cut_link_worker_declared_dead_task_reruns_worker_rejoins(hosts, tmp_pat
     procs: list[subprocess.Popen] = []
 
     def spawn(ns: str, name: str, *args: str) -> subprocess.Popen:
-        log = open(tmp_path / f"{name}.log", "wb")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "cli", *args],
-                                stdout=log, stderr=subprocess.STDOUT, env=env)
+        with open(tmp_path / f"{name}.log", "wb") as log:  # the child keeps its own copy of the fd
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "cli", *args],
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
         procs.append(proc)  # `ip netns exec` execs: this pid is the daemon itself
         return proc
 
