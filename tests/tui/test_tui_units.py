@@ -224,7 +224,7 @@ def fed():
 def test_feed_loads_then_pages_and_filters(fed) -> None:
     source, feed, rec = fed
     rec.wait(Connected)
-    assert isinstance(rec.wait(StatsUpdated), StatsUpdated)
+    assert rec.wait(StatsUpdated).stats == source.stats()
     first = rec.wait(JobsPage)
     assert first.total == 300 and len(first.jobs) == 100
     feed.query_jobs(JobsQuery(state="failed", limit=100))
@@ -243,16 +243,27 @@ def test_feed_watches_a_job_and_reports_missing_ones(fed) -> None:
     assert rec.wait(JobMissing).job_id == "nope"
 
 
+def served_twice(source: MemorySource, feed: Feed, rec: Recorder) -> None:
+    """A barrier: return once the feed thread has finished a whole turn of its loop (events
+    read, reloads and flush considered) that began after this call. Each watch_job is
+    served at the top of a turn and answered with a JobDetail, so the second answer
+    proves the turn that served the first one ran to its end."""
+    for job in source.data.jobs[1:3]:
+        feed.watch_job(job["job_id"])
+        rec.wait(JobDetail, where=lambda m, j=job["job_id"]: m.status["job_id"] == j)
+
+
 def test_feed_batches_wait_for_the_app(fed) -> None:
     """A new batch is posted only after the previous one was acknowledged."""
     source, feed, rec = fed
     rec.wait(Connected)
     job = source.data.jobs[0]
-    for i in range(5):
-        source.push([{"kind": "job", "t": NOW, **job, "done": i}])
-        time.sleep(0.05)
+    source.push([{"kind": "job", "t": NOW, **job, "done": 0}])
     first = rec.wait(FeedBatch)
-    time.sleep(0.2)
+    for i in range(1, 5):
+        source.push([{"kind": "job", "t": NOW, **job, "done": i}])
+    time.sleep(FASTCFG.flush_interval)  # so the next turns are due to flush, were it allowed
+    served_twice(source, feed, rec)  # those turns read the events, and did not post them
     assert sum(isinstance(m, FeedBatch) for m in rec.messages) == 1  # not acked yet: held back
     feed.ack()
     rec.wait(FeedBatch, where=lambda m: m is not first)
@@ -352,10 +363,15 @@ def test_feed_ignores_events_of_older_jobs_off_the_page() -> None:
     rec = Recorder()
     feed.start(rec)
     try:
-        rec.wait(JobsPage)
+        first = rec.wait(JobsPage)
         old = source.data.jobs[250]  # page 3 of 3: not shown
         source.push([{"kind": "job", "t": NOW, **old, "done": 0}])
-        time.sleep(0.3)
+        served_twice(source, feed, rec)  # the event was read and its turn is over
         assert sum(isinstance(m, JobsPage) for m in rec.messages) == 1
+        # the control: an event that does belong on the page reloads it
+        new = {**source.data.jobs[0], "job_id": "brand-new", "created": source.data.jobs[0]["created"] + 1}
+        source.push([{"kind": "job", "t": NOW, **new}])
+        rec.wait(JobsPage, where=lambda m: m is not first)
+        assert sum(isinstance(m, JobsPage) for m in rec.messages) == 2
     finally:
         feed.stop()
