@@ -47,7 +47,7 @@ REMBG_DEFAULTS: dict[str, Any] = {
     "bgcolor": None,
     "format": "png",
     # zlib level of a PNG result: same pixels at every level; 6 is rembg's (and gives its exact
-    # bytes), 1 encodes 3-4x faster for a 5-30% larger file (docs/PERFORMANCE.md)
+    # bytes); 1 (run-length) encodes 3x faster for a file no larger (docs/PERFORMANCE.md)
     "png_compression": 1,
 }
 MAX_ERODE_SIZE = 1000  # rembg erodes with an erode_size^2 structure: cost grows with its square
