@@ -71,6 +71,7 @@ bench: venv model
 	$(VPY) bench/dispatch.py --tasks 20000 --workers 2 --json
 	$(VPY) bench/images.py --workers 2 --json
 	$(VPY) bench/latency.py --json
+	$(VPY) bench/bytes.py --json
 
 up: venv model
 	$(VENV)/bin/cutq up --workers 2
