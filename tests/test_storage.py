@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+from broker.store.base import SCHEMA_VERSION
 from shared import protocol as p
 from shared.client import CutqError
 from shared.security import Credentials
@@ -352,7 +353,7 @@ def test_a_v1_database_is_migrated_at_start_with_its_images(cluster: Cluster):
     with read_db(cluster.data) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert not tables & {"inputs", "results"}, tables
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental from now on
     db_size = (cluster.data / "cutq.db").stat().st_size
     assert db_size < 1 << 20, f"the database kept the images' pages: {v1_size} B before, {db_size} B after"
