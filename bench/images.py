@@ -99,6 +99,30 @@ def cpu_of(pids: set[int]) -> float:
     return sum(st[1] for pid in pids if (st := _stat(pid)) is not None)
 
 
+def role(pid: int) -> str:
+    """broker, worker, slot (a process the worker spawned) or other, from its command line."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return "other"
+    if b"broker" in argv:
+        return "broker"
+    if b"worker" in argv:
+        return "worker"
+    if any(b"spawn_main" in a for a in argv):
+        return "slot"
+    return "other"
+
+
+def cpu_by_role(pids: set[int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pid in pids:
+        if (st := _stat(pid)) is not None:
+            out[role(pid)] = out.get(role(pid), 0.0) + st[1]
+    return out
+
+
 # ---------------------------------------------------------------- the hand loop
 
 
@@ -183,22 +207,26 @@ def single_process(images: list[bytes], model: str) -> float:
 # ---------------------------------------------------------------- cutq
 
 
-def system(endpoint: str, images: list[tuple[str, bytes]], options: dict, exclude: set[int]) -> tuple[float, float]:
+def system(endpoint: str, images: list[tuple[str, bytes]], options: dict,
+           exclude: set[int]) -> tuple[float, float, dict[str, float]]:
     """One job of all images through cutq: (images/s, CPU seconds per image of broker,
-    workers, slots and this client). `images` must be new to the broker (see `photos`)."""
+    workers, slots and this client, the same by role). `images` must be new to the broker
+    (see `photos`)."""
     me = os.getpid()
     with Client(endpoint, timeout=60) as c:
         pids = set(descendants(me)) - exclude
         pids -= {p for root in exclude for p in descendants(root)}
-        cpu0, own0 = cpu_of(pids), time.process_time()
+        roles0, own0 = cpu_by_role(pids), time.process_time()
         start = time.perf_counter()
         job = c.submit(images, options=options)
         status = c.wait(job, timeout=900)
         elapsed = time.perf_counter() - start
-        cpu = cpu_of(pids) - cpu0 + time.process_time() - own0
+        roles = {k: v - roles0.get(k, 0.0) for k, v in cpu_by_role(pids).items()}
+        roles["client"] = time.process_time() - own0
     if status["done"] != len(images):
         raise RuntimeError(f"system run ended {status['state']}: {status['failed']} failed")
-    return len(images) / elapsed, cpu / len(images)
+    n = len(images)
+    return n / elapsed, sum(roles.values()) / n, {k: round(v / n, 4) for k, v in sorted(roles.items())}
 
 
 def warm(endpoint: str, images: list[tuple[str, bytes]], options: dict) -> dict:
@@ -253,8 +281,10 @@ def main() -> int:
         "hand_images_per_s": round(h, 3), "system_images_per_s": round(s, 3), "efficiency": round(s / h, 3),
         "hand_cpu_s_per_image": round(h_cpu, 3), "system_cpu_s_per_image": round(s_cpu, 3),
         "cpu_ratio": round(s_cpu / h_cpu, 3),
+        "system_cpu_s_per_image_by_role": {k: median([r[2].get(k, 0.0) for r in sys_runs])
+                                           for k in sorted({k for r in sys_runs for k in r[2]})},
         "hand_runs": [[round(x, 3) for x in r] for r in hand_runs],
-        "system_runs": [[round(x, 3) for x in r] for r in sys_runs],
+        "system_runs": [[round(r[0], 3), round(r[1], 3)] for r in sys_runs],
         "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in load_end],
         "quiet": load_start[0] < 0.5 * cores, "machine": machine(),
     }
@@ -268,6 +298,8 @@ def main() -> int:
         print(f"efficiency {result['efficiency']} vs the hand loop ({s:.2f} vs {h:.2f} images/s, "
               f"{args.hand_procs or cores} processes x 1 thread); CPU per image {s_cpu:.3f} s vs {h_cpu:.3f} s "
               f"({result['cpu_ratio']}x); chosen {chosen}")
+        print("cutq CPU s per image by process: " + ", ".join(
+            f"{k} {v:.4f}" for k, v in result["system_cpu_s_per_image_by_role"].items()))
         if single_runs:
             print(f"efficiency {result['single_process_efficiency']} vs one rembg process "
                   f"({result['single_process_images_per_s']:.2f} images/s, default threading)")
