@@ -77,26 +77,54 @@ def lock_is_fresh(path: Path, now: float | None = None) -> bool:
 class DeletionHold:
     """Blob deletions held back while DATA/backup.lock is fresh, made once it is gone.
 
-    Thread-safe: the broker's blob threads call `admit`.  A held blob that a row (or an
+    Thread-safe: the broker's blob threads call `admit`.  Held deletions are made by the
+    next `admit` after the lock is gone, or by a watcher thread that looks every
+    `poll_s` while some are held, whichever comes first.  A held blob that a row (or an
     unfinished upload) came to need again meanwhile is kept: a new submission of the
     same bytes finds the file still there and refers to it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, poll_s: float = 1.0) -> None:
         self.lock = data_dir / LOCK_NAME
         self.db = data_dir / DB_NAME
+        self.poll_s = poll_s
         self._held: list[str] = []
+        self._watching = False
         self._mutex = threading.Lock()
 
-    def admit(self, digests: Iterable[str], pinned: Callable[[str], bool]) -> list[str]:
-        """The digests to delete now: none while a backup runs (they wait); after it, these
-        and the held ones that no row and no upload refers to."""
+    def admit(self, digests: Iterable[str], pinned: Callable[[str], bool],
+              delete: Callable[[str], None]) -> list[str]:
+        """The digests to delete now: none while a backup runs (they are held, and deleted
+        through `delete` once it ends); after it, these and the held ones still unneeded."""
         with self._mutex:
             if lock_is_fresh(self.lock):
                 self._held.extend(digests)
+                if not self._watching:
+                    self._watching = True
+                    threading.Thread(target=self._watch, args=(pinned, delete), daemon=True,
+                                     name="cutq-backup-hold").start()
                 return []
             held, self._held = self._held, []
+        return [*digests, *self._unneeded(held, pinned)]
+
+    def _watch(self, pinned: Callable[[str], bool], delete: Callable[[str], None]) -> None:
+        while True:
+            time.sleep(self.poll_s)
+            with self._mutex:
+                if lock_is_fresh(self.lock):
+                    continue
+                held, self._held = self._held, []
+                self._watching = False
+            for digest in self._unneeded(held, pinned):
+                try:
+                    delete(digest)
+                except OSError as e:
+                    log.warning("could not delete blob %s: %s", digest[:12], e)
+            return
+
+    def _unneeded(self, held: list[str], pinned: Callable[[str], bool]) -> list[str]:
+        """The held digests no row and no upload refers to now (all kept if that cannot be read)."""
         if not held:
-            return list(digests)
+            return []
         candidates = [d for d in dict.fromkeys(held) if not pinned(d)]
         try:
             needed = referenced_among(self.db, candidates)
@@ -104,10 +132,10 @@ class DeletionHold:
             log.warning("could not check the blobs held while a backup ran: %s", e)
             with self._mutex:
                 self._held[:0] = held
-            return list(digests)
+            return []
         still = [d for d in candidates if d not in needed]
         log.info("deleting %d blobs held while a backup ran", len(still))
-        return [*digests, *still]
+        return still
 
 
 def deletion_hold(owner: object, blob_root: Path | None) -> DeletionHold | None:
@@ -203,6 +231,7 @@ def _alive(pid: int) -> bool:
 def _copy_blobs(src_root: Path, dst_root: Path, db: Path, report: BackupReport, link: bool, lock: Path) -> None:
     """Every blob the copied database names, in the same fan-out; folders fsynced at the end."""
     dst_root.mkdir(mode=DIR_MODE, exist_ok=True)
+    os.chmod(dst_root, DIR_MODE)
     folders: set[Path] = {dst_root}
     touched = time.monotonic()
     try:
@@ -212,9 +241,11 @@ def _copy_blobs(src_root: Path, dst_root: Path, db: Path, report: BackupReport, 
                 touched = time.monotonic()
             rel = Path(digest[:2]) / digest[2:4] / digest
             src, dst = src_root / rel, dst_root / rel
-            if not dst.parent.exists():
-                dst.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-                folders.update((dst.parent, dst.parent.parent))
+            for folder in (dst.parent.parent, dst.parent):  # each level 0700 (parents=True would not be)
+                if folder not in folders:
+                    folder.mkdir(mode=DIR_MODE, exist_ok=True)
+                    os.chmod(folder, DIR_MODE)
+                    folders.add(folder)
             try:
                 linked = _copy_blob(src, dst, digest, link)
             except FileNotFoundError:
@@ -268,7 +299,7 @@ def _copy_tree(src: Path, dst: Path) -> int:
     n = 0
     for root, dirs, files in os.walk(src):
         here = dst / Path(root).relative_to(src)
-        here.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        here.mkdir(exist_ok=True, mode=DIR_MODE)  # os.walk goes top-down: its parent is made
         os.chmod(here, DIR_MODE)
         dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
         for name in files:

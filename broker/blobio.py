@@ -8,9 +8,11 @@ write to the store commits with that turn.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,35 +34,70 @@ class BlobIO:
         os.set_blocking(self.wake_fd, False)
         self.pending = 0  # writes not yet called back
         self.pinned: Counter[str] = Counter()  # digests an unfinished upload refers to: never deleted
+        # digests written (or found already there) whose rows are not committed yet: a deletion
+        # of the same bytes, decided before, must not remove them under the new rows' feet
+        self._fresh: Counter[str] = Counter()
+        self._ran: list[list[str]] = []  # digests of the callbacks run this turn
+        self._lock = threading.Lock()  # put, and the decision to delete, are one step each
+        self.referenced: Callable[[str], bool] = lambda digest: False  # committed rows name it?
 
     def write(self, blobs: Sequence[bytes | memoryview], then: Stored) -> None:
         """Store `blobs` durably on a thread; `then(digests)` (or `then(error)`) runs on the loop."""
         self.pending += 1
 
         def work() -> None:
+            stored: list[str] = []
             try:
-                result: list[str] | OSError = [self.store.put(b) for b in blobs]
+                for b in blobs:
+                    with self._lock:
+                        digest = self.store.put(b)
+                        self._fresh[digest] += 1
+                    stored.append(digest)
+                result: list[str] | OSError = stored
             except OSError as e:
                 result = e
-            self._done.put(lambda: then(result))
+            self._done.put(functools.partial(self._called_back, then, result, stored))
             os.write(self._wake_w, b"x")
 
         self._pool.submit(work)
 
+    def _called_back(self, then: Stored, result: list[str] | OSError, stored: list[str]) -> None:
+        self._ran.append(stored)
+        then(result)
+
+    def turn_ended(self) -> None:
+        """The turn that ran this batch of callbacks committed (or rolled back): their rows
+        now name the blobs, or never will, so deletions may judge them again."""
+        ran, self._ran = self._ran, []
+        with self._lock:
+            for stored in ran:
+                self._fresh.subtract(stored)
+            self._fresh = +self._fresh  # drop zeros
+
     def delete(self, digests: Sequence[str]) -> None:
         """Remove blobs no row refers to any more (pinned ones stay: an upload still needs them)."""
-        doomed = [d for d in digests if not self.pinned[d]]
+        doomed = [d for d in digests if self.pinned[d] <= 0]
         if doomed:
-            self._pool.submit(self._delete, doomed)
+            self._pool.submit(self._delete_unused, doomed)
+
+    def _delete_unused(self, digests: list[str]) -> None:
+        """Delete, under the write lock, only what is still unused: not just written again for a
+        new submission, not pinned, not named by a committed row."""
+        try:
+            with self._lock:
+                self._delete([d for d in digests
+                              if self._fresh[d] <= 0 and self.pinned[d] <= 0 and not self.referenced(d)])
+        except Exception:  # a thread's failure must be seen
+            log.exception("deleting %d blobs failed", len(digests))
 
     def _delete(self, digests: list[str]) -> None:
         # `cutq backup` copies the blobs its database snapshot names: while its DATA/backup.lock is
-        # fresh these wait, and a later call deletes them once it is gone (broker/backup.py)
+        # fresh these wait, deleted once it is gone (by a later call or the hold's watcher: broker/backup.py)
         from broker.backup import deletion_hold
 
         hold = deletion_hold(self, getattr(self.store, "root", None))
         if hold is not None:
-            digests = hold.admit(digests, lambda d: self.pinned[d] > 0)
+            digests = hold.admit(digests, lambda d: self.pinned[d] > 0, self.store.delete)
         for d in digests:
             try:
                 self.store.delete(d)
@@ -74,10 +111,15 @@ class BlobIO:
 
         def work() -> None:
             swept = 0
-            for digest, mtime in self.store.digests():
-                if mtime < older_than and not self.pinned[digest] and not is_referenced(digest):
-                    self.store.delete(digest)
-                    swept += 1
+            try:
+                for digest, mtime in self.store.digests():
+                    with self._lock:
+                        if (mtime < older_than and self.pinned[digest] <= 0 and self._fresh[digest] <= 0
+                                and not is_referenced(digest)):
+                            self.store.delete(digest)
+                            swept += 1
+            except Exception:  # a thread's failure must be seen
+                log.exception("the orphan blob sweep stopped after %d", swept)
             if swept:
                 log.info("swept %d orphan blobs left by an interrupted write", swept)
 

@@ -56,7 +56,7 @@ class FileBlobStore:
             stale.unlink(missing_ok=True)
 
     def path(self, digest: str) -> Path:
-        if len(digest) != DIGEST_HEX or not all(c in "0123456789abcdef" for c in digest):
+        if not _is_digest(digest):
             raise ValueError(f"not a blob digest: {digest[:80]!r}")
         return self.root / digest[:2] / digest[2:4] / digest
 
@@ -93,12 +93,16 @@ class FileBlobStore:
         self.path(digest).unlink(missing_ok=True)
 
     def digests(self) -> Iterator[tuple[str, float]]:
+        """Stored digests; anything in the fan-out that is not a blob file is skipped."""
         for first in self.root.iterdir():
             if len(first.name) != 2 or not first.is_dir():
                 continue
             for second in first.iterdir():
+                if not second.is_dir() or second.is_symlink():
+                    continue
                 for f in second.iterdir():
-                    yield f.name, f.stat().st_mtime
+                    if _is_digest(f.name) and f.is_file():
+                        yield f.name, f.stat().st_mtime
 
     def size_on_disk(self) -> tuple[int, int]:
         """(count, bytes) of stored blobs, by walking the folders."""
@@ -110,6 +114,10 @@ class FileBlobStore:
                         count += 1
                         total += f.stat().st_size
         return count, total
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == DIGEST_HEX and all(c in "0123456789abcdef" for c in name)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -234,8 +234,9 @@ class ClientHandlers:
                 if t["state"] == TaskState.FAILED or t["worker_deaths"] or t["failures"]:
                     t["history"] = store.task_attempts(t["task_id"])
         job["position"], job["eta_s"] = None, None
-        if job["queued"]:
-            ahead = store.queue_position(msg.job_id)
+        first = store.first_queued(msg.job_id) if job["queued"] else None
+        if first is not None:
+            ahead = self.core.scheduler.ahead(job["tenant"], first, job["priority"])
             job["position"] = ahead
             job["eta_s"] = eta(ahead + job["queued"], self._tenant_rate(job["tenant"], who))
         self.core.out.reply(ident, msg, **job)
@@ -307,10 +308,13 @@ class ClientHandlers:
         self.core.out.reply(ident, msg, deleted=len(ids), job_ids=ids, more=len(ids) == limit)
 
     def cancel(self, ident: bytes, msg: p.Cancel, who: Principal) -> None:
-        if self._job_or_error(ident, msg, msg.job_id, who) is None:
+        job = self._job_or_error(ident, msg, msg.job_id, who)
+        if job is None:
             return
         core = self.core
         cancelled = core.store.cancel(msg.job_id, msg.task_ids)
+        core.scheduler.remove(job["tenant"], job["priority"],
+                              [tid for tid, _a, _w, old in cancelled if old == TaskState.QUEUED])
         for task_id, _attempt, worker, old in cancelled:
             if old != TaskState.RUNNING or worker is None:
                 continue

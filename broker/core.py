@@ -101,9 +101,7 @@ class Core:
     def load_queue(self) -> None:
         """Rebuild the scheduler from the queued rows and the persisted pause flags."""
         self.scheduler = Scheduler(self.scheduler.policies)
-        now = self.wall()
-        for t in self.store.queued_tasks():
-            self.scheduler.push(t.task_id, t.tenant, t.priority, t.not_before, now)
+        self.scheduler.load(self.store.queued_runs(), self.wall())
         flags = self.store.meta_items("paused:")
         self.scheduler.paused_all = flags.get("paused:*") == "1"
         self.scheduler.paused = {k.split(":", 1)[1] for k, v in flags.items() if v == "1" and k != "paused:*"}
@@ -179,6 +177,9 @@ class Core:
 
     def delete_job(self, job_id: str, reason: str) -> None:
         """Remove a job with its rows; stop what of it still runs; its blobs go after commit."""
+        job = self.store.job(job_id)
+        if job is not None and job["queued"]:
+            self.scheduler.remove(job["tenant"], job["priority"], self.store.queued_ids(job_id))
         for task_id, _attempt, worker in self.store.delete_job(job_id, reason) or []:
             w = self.registry.get_alive(worker.encode()) if worker else None
             if w is not None and task_id in w.running:

@@ -2,11 +2,12 @@
 
 Across tenants: deficit round robin by weight, so a tenant with 10 tasks behind
 another's 10,000 gets its share from the next round on.  Within a tenant: higher
-priority first, then submission order (task ids grow with submission, so a task
-re-queued after a worker's death or a hand-back keeps its original place).  Per-tenant caps: running tasks, and a
-token bucket of tasks per second.  Tasks delayed by retry backoff wait in a timer
-heap until `not_before`.  Entries are never removed eagerly: the store's
-compare-and-set in `claim` skips anything no longer queued (cancelled, duplicated).
+priority first, then submission order (broker/taskqueue.py: a task re-queued after
+a worker's death or a hand-back keeps its original place, and a queue position is a
+binary search).  Per-tenant caps: running tasks, and a token bucket of tasks per
+second.  Tasks delayed by retry backoff wait in a timer heap until `not_before`.
+Cancelled and deleted jobs' tasks are removed; anything else no longer queued is
+skipped by the store's compare-and-set in `claim`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from broker.taskqueue import QueuedRunLike as QueuedRun
+from broker.taskqueue import TenantQueue
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class TenantPolicy:
 
 @dataclass
 class _Tenant:
-    heap: list[tuple[int, int]] = field(default_factory=list)  # (-priority, task_id): priority, then age
+    queue: TenantQueue = field(default_factory=TenantQueue)  # priority, then age
     deficit: float = 0.0
     tokens: float = 0.0
     refilled: float | None = None
@@ -49,7 +53,7 @@ class Scheduler:
         self._current: str | None = None  # the tenant whose turn a full batch cut short
 
     def __len__(self) -> int:
-        return sum(len(t.heap) for t in self._tenants.values()) + len(self._delayed)
+        return sum(len(t.queue) for t in self._tenants.values()) + len(self._delayed)
 
     def policy(self, tenant: str) -> TenantPolicy:
         return self.policies.get(tenant) or TenantPolicy()
@@ -62,7 +66,35 @@ class Scheduler:
         t = self._tenants.get(tenant)
         if t is None:
             t = self._tenants[tenant] = _Tenant()
-        heapq.heappush(t.heap, (-priority, task_id))
+        t.queue.push(task_id, priority)
+
+    def ahead(self, tenant: str, task_id: int, priority: int) -> int:
+        """Queued tasks of `tenant` that dispatch before this one (its queue position)."""
+        t = self._tenants.get(tenant)
+        return t.queue.ahead(task_id, priority) if t is not None else 0
+
+    def remove(self, tenant: str, priority: int, task_ids: list[int]) -> None:
+        """Forget queued tasks that will never run (cancelled, deleted)."""
+        t = self._tenants.get(tenant)
+        if t is not None:
+            t.queue.remove(task_ids, priority)
+
+    def load(self, runs: Iterable[QueuedRun], now: float) -> int:
+        """Fill an empty scheduler job by job, in submission order: an untouched job is one range
+        appended at once (the restart path stays near a second at a million queued)."""
+        n = 0
+        for run in runs:
+            t = self._tenants.get(run.tenant)
+            if t is None:
+                t = self._tenants[run.tenant] = _Tenant()
+            if run.count:
+                t.queue.extend(range(run.first, run.first + run.count), run.priority)
+                n += run.count
+                continue
+            for task_id, not_before in run.tasks():
+                self.push(task_id, run.tenant, run.priority, not_before, now)
+                n += 1
+        return n
 
     def next_wakeup(self) -> float | None:
         """When the earliest delayed task becomes due, if any."""
@@ -81,7 +113,7 @@ class Scheduler:
         """True if some tenant that is not paused has a task waiting."""
         if self.paused_all:
             return False
-        return any(t.heap and name not in self.paused for name, t in self._tenants.items())
+        return any(t.queue and name not in self.paused for name, t in self._tenants.items())
 
     def _allowance(self, name: str, t: _Tenant, now: float, running: Mapping[str, int]) -> float:
         """How many tasks the tenant's caps let it start now (inf when uncapped)."""
@@ -106,13 +138,13 @@ class Scheduler:
         running = running or {}
         taken: Counter[str] = Counter()
         allowance = {name: self._allowance(name, t, now, running)
-                     for name, t in self._tenants.items() if t.heap and name not in self.paused}
+                     for name, t in self._tenants.items() if t.queue and name not in self.paused}
         # a turn cut short by a full batch resumes without a fresh quantum, so weights hold
         # even when slots free up one at a time
         resume, self._current = self._current, None
         while len(out) < n:
             active = [(name, self._tenants[name]) for name, a in allowance.items()
-                      if a > taken[name] and self._tenants[name].heap]
+                      if a > taken[name] and self._tenants[name].queue]
             if not active:
                 break
             if len(active) == 1:
@@ -129,8 +161,8 @@ class Scheduler:
               taken: Counter[str], by_deficit: bool) -> None:
         """Move up to `want` of a tenant's tasks (within `allowed`, and its deficit if asked) to `out`."""
         k = 0
-        while t.heap and k < want and k < allowed and (not by_deficit or t.deficit >= 1.0):
-            out.append((heapq.heappop(t.heap)[1], name))
+        while t.queue and k < want and k < allowed and (not by_deficit or t.deficit >= 1.0):
+            out.append((t.queue.pop(), name))
             k += 1
             if by_deficit:
                 t.deficit -= 1.0
@@ -144,14 +176,14 @@ class Scheduler:
                 t.deficit += self.policy(name).weight
             resume = None
             self._take(name, t, n - len(out), allowance[name] - taken[name], out, taken, by_deficit=True)
-            if not t.heap:
+            if not t.queue:
                 t.deficit = 0.0
             elif taken[name] >= allowance[name]:
                 t.deficit = min(t.deficit, self.policy(name).weight)  # capped, not owed a burst later
             if len(out) >= n:
                 # the next call goes on with this round: this tenant if its turn is
                 # unfinished, else the one after it, so no tenant is always first
-                unfinished = bool(t.heap) and t.deficit >= 1.0 and taken[name] < allowance[name]
+                unfinished = bool(t.queue) and t.deficit >= 1.0 and taken[name] < allowance[name]
                 self._start_round_at(name, include=unfinished)
                 self._current = name if unfinished else None
                 return True
@@ -164,7 +196,7 @@ class Scheduler:
                 self._tenants[name].tokens -= k
         # a rate-limited tenant keeps its bucket when its queue empties: forgetting it
         # would hand it a fresh burst with every small submission
-        for name in [k for k, t in self._tenants.items() if not t.heap and not self.policy(k).rate]:
+        for name in [k for k, t in self._tenants.items() if not t.queue and not self.policy(k).rate]:
             del self._tenants[name]
 
     def _start_round_at(self, name: str, include: bool) -> None:

@@ -77,6 +77,7 @@ class Broker:
         self.core = Core(config, store, blobs, clock=clock, wall=wall)
         # blobs written before now that no row names were left by a crash between write and commit
         self.core.blobio.sweep(referenced_checker(db), older_than=time.time())
+        self.core.blobio.referenced = referenced_checker(db)  # used under the blob lock only
         self.notifier = notifier or Notifier.from_env({})
         self._ctx = context or zmq.Context()
         self._own_ctx = context is None
@@ -199,6 +200,7 @@ class Broker:
             self._abort_turn(str(e))
         else:
             core.redoable.clear()
+            core.blobio.turn_ended()
             core.blobio.delete(core.store.take_unreferenced())
             if core.trouble is not None:
                 self._back_off(core.trouble)
@@ -330,6 +332,7 @@ class Broker:
         # results of this turn were not stored: the workers will not send them again
         self._redo = core.redoable + self._redo
         core.redoable = []
+        core.blobio.turn_ended()
         try:
             core.resync()
         except StoreError as e:  # cannot even read: the next turn tries again

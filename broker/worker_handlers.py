@@ -7,6 +7,7 @@ attempt the broker last dispatched to that worker.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -118,9 +119,6 @@ class WorkerHandlers:
 
     def _apply(self, w: WorkerRecord, r: p.TaskResult, data: bytes | None) -> None:
         """Record one result: a failure now; a success once its bytes are durable (off the loop)."""
-        core = self.core
-        worker_id = w.ident.decode(errors="replace")
-        task_id, attempt = r["task_id"], r["attempt"]
         ext = r.get("ext") or "png"
         error, kind = r.get("error") or "unknown error", r.get("error_kind") or "transient"
         if r["ok"] and ext not in RESULT_EXTENSIONS:
@@ -129,39 +127,36 @@ class WorkerHandlers:
         elif r["ok"] and data is not None:
             self._store_result(w, r, data, ext)
             return
+        self._fail(w, r, error, kind)
 
-        def fail() -> None:
-            core.redoable.append(fail)
-            core.running_tenant.pop(task_id, None)
-            w.failed += 1
-            core.record_failure(task_id, attempt, worker_id, error, kind)
-
-        fail()
+    def _fail(self, w: WorkerRecord, r: p.TaskResult, error: str, kind: str) -> None:
+        core = self.core
+        core.redoable.append(functools.partial(self._fail, w, r, error, kind))  # again if the turn fails
+        core.running_tenant.pop(r["task_id"], None)
+        w.failed += 1
+        core.record_failure(r["task_id"], r["attempt"], w.ident.decode(errors="replace"), error, kind)
 
     def _store_result(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str) -> None:
+        self.core.blobio.write([data], functools.partial(self._stored, w, r, data, ext))
+
+    def _stored(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str, result: list[str] | OSError) -> None:
+        if isinstance(result, OSError):  # disk full: keep the bytes, try again after a pause
+            self.core.storage_trouble(f"could not store a result: {result}")
+            self.core.deferred.append(functools.partial(self._store_result, w, r, data, ext))
+            return
+        self._complete(w, r, BlobRef(result[0], len(data)), ext)
+
+    def _complete(self, w: WorkerRecord, r: p.TaskResult, ref: BlobRef, ext: str) -> None:
         core = self.core
-        worker_id = w.ident.decode(errors="replace")
-
-        def stored(result: list[str] | OSError) -> None:
-            if isinstance(result, OSError):  # disk full: keep the bytes, try again after a pause
-                core.storage_trouble(f"could not store a result: {result}")
-                core.deferred.append(lambda: self._store_result(w, r, data, ext))
-                return
-            complete(result[0])
-
-        def complete(digest: str) -> None:
-            core.redoable.append(lambda: complete(digest))
-            if w.running.get(r["task_id"]) == r["attempt"]:
-                core.release(w, r["task_id"])  # memory was rebuilt from the rows after a failed turn
-            core.running_tenant.pop(r["task_id"], None)
-            done = core.store.complete(r["task_id"], r["attempt"], worker_id, BlobRef(digest, len(data)), ext,
-                                       r.get("model_file"))
-            if done:
-                w.done += 1
-                tenant = core.store.job_tenant(r["task_id"]) or "default"
-                core.rates.record(int(core.clock()), tenant, r.get("processor") == "rembg")
-
-        core.blobio.write([data], stored)
+        core.redoable.append(functools.partial(self._complete, w, r, ref, ext))  # again if the turn fails
+        if w.running.get(r["task_id"]) == r["attempt"]:
+            core.release(w, r["task_id"])  # memory was rebuilt from the rows after a failed turn
+        core.running_tenant.pop(r["task_id"], None)
+        if core.store.complete(r["task_id"], r["attempt"], w.ident.decode(errors="replace"), ref, ext,
+                               r.get("model_file")):
+            w.done += 1
+            tenant = core.store.job_tenant(r["task_id"]) or "default"
+            core.rates.record(int(core.clock()), tenant, r.get("processor") == "rembg")
 
     def goodbye(self, ident: bytes, msg: p.Goodbye, who: Principal) -> None:
         core = self.core

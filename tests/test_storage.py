@@ -366,11 +366,9 @@ def test_a_v1_database_is_migrated_at_start_with_its_images(cluster: Cluster):
     assert client.fetch_result(queued["tasks"][0]["task_id"])[1] == want  # noop: the result is the input
 
 
-# ---------------------------------------------------------------- known broker bugs (strict xfail: fix, then unmark)
+# ---------------------------------------------------------------- regressions: deletion racing a re-submission, a foreign file in the sweep
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a blob whose last row was just deleted is unlinked by the pool "
-                   "after a same-content put already found it present: an acknowledged job loses its input")
 def test_resubmitting_a_photo_as_its_last_job_is_deleted_keeps_the_file(cluster: Cluster):
     """`cutq delete JOB` and an immediate re-submission of the same photo (or retention expiring
     a job while the photo comes in again): the new job must keep its image."""
@@ -408,8 +406,6 @@ def test_resubmitting_a_photo_as_its_last_job_is_deleted_keeps_the_file(cluster:
     assert not lost, f"{len(lost)} of {len(kept)} acknowledged jobs lost their input file: {lost}"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a file in the blob folders that is not named by a digest raises "
-                   "ValueError in FileBlobStore.path inside the sweep thread: the sweep stops, unlogged")
 def test_a_foreign_file_in_the_blob_folders_does_not_stop_the_orphan_sweep(cluster: Cluster):
     cluster.start_broker()
     cluster.stop()

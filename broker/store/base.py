@@ -22,7 +22,7 @@ from shared.states import TASK_STATES, TaskState
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = (TaskState.QUEUED, TaskState.RUNNING, TaskState.DONE,
                                              TaskState.FAILED, TaskState.CANCELLED)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WAL_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL is truncated to this after each checkpoint
 
 _MIGRATIONS: dict[int, str] = {
@@ -106,6 +106,14 @@ _MIGRATIONS: dict[int, str] = {
         reason TEXT NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX jobs_finished ON jobs(finished);
+    """,
+    # a job's task ids are consecutive from first_task: an untouched job is re-queued at start
+    # as one range, without reading its task rows
+    3: """
+    ALTER TABLE jobs ADD COLUMN first_task INTEGER;
+    ALTER TABLE jobs ADD COLUMN delayed INTEGER NOT NULL DEFAULT 1;
+    UPDATE jobs SET first_task = (SELECT MIN(id) FROM tasks WHERE tasks.job_id = jobs.id);
+    CREATE INDEX jobs_queued ON jobs(first_task) WHERE n_queued > 0;
     """,
 }
 
@@ -243,7 +251,7 @@ class StoreBase:
         self.depth = self.queued_depth()  # queued tasks, kept in step by every write
 
     def queued_depth(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM tasks WHERE state = 'queued'").fetchone()[0])
+        return int(self._db.execute("SELECT COALESCE(SUM(n_queued), 0) FROM jobs").fetchone()[0])
 
     # ------------------------------------------------------------------ schema
 
@@ -271,7 +279,9 @@ class StoreBase:
         now = self._clock()
         for table, column, size_column in (("inputs", "input_digest", None), ("results", "result_digest",
                                                                              "result_size")):
-            for task_id, data in self._db.execute(f"SELECT task_id, data FROM {table}").fetchall():
+            ids = [r[0] for r in self._db.execute(f"SELECT task_id FROM {table}")]
+            for task_id in ids:  # one image in memory at a time
+                data = self._db.execute(f"SELECT data FROM {table} WHERE task_id = ?", (task_id,)).fetchone()[0]
                 if legacy_blobs is None:
                     raise StoreError("this database holds images from an older cutq; open it with a blob store")
                 ref = BlobRef(legacy_blobs.put(data), len(data))

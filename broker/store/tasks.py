@@ -10,6 +10,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from broker.store.base import (
@@ -26,13 +27,33 @@ from broker.store.base import (
 )
 from shared.states import allowed_sources, check_transition
 
+
+@dataclass(frozen=True)
+class QueuedRun:
+    """One job's queued tasks: all of an untouched job are the range first..first+count."""
+
+    job_id: str
+    tenant: str
+    priority: int
+    first: int
+    count: int  # > 0: every task is queued with no delay, ids first..first+count-1; 0: ask tasks()
+    store: Any
+
+    def tasks(self) -> list[tuple[int, float]]:
+        """(task_id, not_before) of each queued task."""
+        if self.count:
+            return [(task_id, 0.0) for task_id in range(self.first, self.first + self.count)]
+        return list(self.store.queued_of(self.job_id))
+
+
 # processors whose results are worth reusing: same input, options and model file, same pixels
 CACHED_PROCESSORS = frozenset({"rembg"})
 
 
-def cache_key(input_digest: str, processor: str, options: dict[str, Any]) -> str:
-    """What makes two tasks' results equal (the model file is checked beside it)."""
-    spec = json.dumps([input_digest, processor, options], sort_keys=True, separators=(",", ":"))
+def cache_key(tenant: str, input_digest: str, processor: str, options: dict[str, Any]) -> str:
+    """What makes two tasks' results equal (the model file is checked beside it).  Per tenant:
+    a hit must never tell one tenant that another uploaded the same photo."""
+    spec = json.dumps([tenant, input_digest, processor, options], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(spec.encode()).hexdigest()
 
 
@@ -70,17 +91,18 @@ class TaskWrites(StoreBase):
                 row = self._db.execute(
                     "SELECT c.result_digest, c.ext, c.model_file, b.size FROM cache c "
                     "JOIN blobs b ON b.digest = c.result_digest WHERE c.key = ?",
-                    (cache_key(ref.digest, processor, options),)).fetchone()
+                    (cache_key(tenant, ref.digest, processor, options),)).fetchone()
                 if row and (model_files is None or row[2] is None or row[2] in model_files):
                     hits[i] = (row[0], row[1], row[3])
         total, queued = len(names), len(names) - len(hits)
         self._db.execute(
             "INSERT INTO jobs (id, created, tenant, processor, options, model, priority, total, n_queued, n_done, "
-            "finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "finished, delayed, first_task) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, (SELECT COALESCE(MAX(id), 0) + 1 FROM tasks))",
             (job_id, now, tenant, processor, json.dumps(options), options.get("model"), priority,
              total, queued, len(hits), now if queued == 0 else None),
         )
-        first = self._db.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM tasks").fetchone()[0]
+        first = self._db.execute("SELECT first_task FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
         rows: list[tuple[Any, ...]] = []
         for i, (name, ref) in enumerate(zip(names, inputs, strict=True)):
             self._ref(ref, now)
@@ -175,10 +197,12 @@ class TaskWrites(StoreBase):
         self._ref(result, now)
         processor, options = self._job_spec(job_id)
         if processor in CACHED_PROCESSORS:
-            digest = self._db.execute("SELECT input_digest FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+            digest, tenant = self._db.execute(
+                "SELECT t.input_digest, j.tenant FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
+                (task_id,)).fetchone()
             self._db.execute(
                 "INSERT OR REPLACE INTO cache (key, result_digest, ext, model_file, created) VALUES (?, ?, ?, ?, ?)",
-                (cache_key(digest, processor, options), result.digest, ext, model_file, now))
+                (cache_key(tenant, digest, processor, options), result.digest, ext, model_file, now))
         self._finish_attempt(task_id, attempt, "done", None)
         self._moved(job_id, RUNNING, DONE, Change(task_id, job_id, DONE, worker, None, attempt))
         return True
@@ -197,6 +221,8 @@ class TaskWrites(StoreBase):
         )
         if job_id is None:
             return None
+        if retry_at is not None:  # its tasks no longer all wait from the start: see queued_runs
+            self._db.execute("UPDATE jobs SET delayed = 1 WHERE id = ?", (job_id,))
         self._finish_attempt(task_id, attempt, "failed", error)
         self._moved(job_id, RUNNING, target, Change(task_id, job_id, target, worker, error, attempt))
         return target
@@ -262,12 +288,25 @@ class TaskWrites(StoreBase):
         return len(rows)
 
     def queued_tasks(self) -> Iterator[QueuedTask]:
-        """Every queued task, in submission order, streamed to rebuild the scheduler at start-up."""
+        """Every queued task, in submission order, streamed (job by job)."""
+        for run in self.queued_runs():
+            for task_id, not_before in run.tasks():
+                yield QueuedTask(task_id, run.tenant, run.priority, not_before)
+
+    def queued_runs(self) -> Iterator[QueuedRun]:
+        """Each job with queued tasks, in submission order: what the scheduler is rebuilt from."""
         rows = self._db.execute(
-            "SELECT t.id, j.tenant, j.priority, t.not_before FROM tasks t JOIN jobs j ON j.id = t.job_id "
-            "WHERE t.state = 'queued' ORDER BY t.id"
-        )
-        return (QueuedTask(*r) for r in rows)
+            "SELECT id, tenant, priority, first_task, total, n_queued, delayed FROM jobs INDEXED BY jobs_queued "
+            "WHERE n_queued > 0 ORDER BY first_task")
+        for job_id, tenant, priority, first, total, queued, delayed in rows:
+            whole = queued == total and not delayed
+            yield QueuedRun(job_id, tenant, priority, first, total if whole else 0, self)
+
+    def queued_of(self, job_id: str) -> list[tuple[int, float]]:
+        """(task_id, not_before) of a job's queued tasks, in id order."""
+        return self._db.execute(
+            "SELECT id, not_before FROM tasks INDEXED BY tasks_job WHERE job_id = ? AND state = 'queued' "
+            "ORDER BY seq", (job_id,)).fetchall()
 
     def running_tasks(self) -> list[tuple[int, int, str | None, str]]:
         """(task_id, attempt, worker, tenant) of every running task: bounded by the slots in use."""
