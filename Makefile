@@ -3,7 +3,8 @@
 #   make venv    .venv with the project installed editable, plus [test] extras
 #   make model   rembg's u2netp weights into $(U2NET_HOME), offline (tools/provision_model.py)
 #   make deps    Debian packages some tests use (tmux, ip, nft, systemd-analyze); never fails
-#   make test    the whole pytest suite; PYTEST_ARGS='-k foo -x' passes arguments through
+#   make lint    ruff, mypy (strict: shared/, broker/) and the import-layer contracts
+#   make test    lint, then the whole pytest suite; PYTEST_ARGS='-k foo -x' passes arguments through
 #   make bench   dispatch, image and latency benchmarks (JSON on stdout)
 #   make up      a local broker and two workers
 #   make clean   remove the venv, downloaded wheels, the local model dir and caches
@@ -24,7 +25,7 @@ PYTEST_ARGS ?=
 # its tool is missing, so installing them is best effort.
 DEB_PACKAGES := tmux iproute2 nftables systemd
 
-.PHONY: venv model deps test bench up clean
+.PHONY: venv model deps lint test bench up clean
 
 venv: $(STAMP)
 
@@ -33,7 +34,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --upgrade pip
-	$(VPY) -m pip install -e '.[test]'
+	$(VPY) -m pip install -e '.[test,lint]'
 	touch $@
 
 model: venv
@@ -64,12 +65,17 @@ deps:
 	fi; \
 	exit 0
 
-test: deps venv model
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: deps venv model lint
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 bench: venv model
 	$(VPY) bench/dispatch.py --tasks 20000 --workers 2 --json
-	$(VPY) bench/images.py --workers 2 --json
+	$(VPY) bench/images.py --json
 	$(VPY) bench/latency.py --json
 	$(VPY) bench/bytes.py --json
 

@@ -70,7 +70,8 @@ def main() -> int:
         "bench": "dispatch", "tasks": args.tasks, "workers": args.workers, "tenants": args.tenants,
         "tasks_per_s": round(median(runs)), "runs": [round(r) for r in runs], "machine": machine(),
     }
-    print(json.dumps(result) if args.json else f"{result['tasks_per_s']} tasks/s (median of {args.repeat}) on {result['machine']}")
+    line = f"{result['tasks_per_s']} tasks/s (median of {args.repeat}) on {result['machine']}"
+    print(json.dumps(result) if args.json else line)
     return 0
 
 

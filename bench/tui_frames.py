@@ -130,12 +130,12 @@ async def measure(app: BenchApp, timer: FrameTimer, size: tuple[int, int], secon
                 old = app.jobs_page
                 t0 = time.perf_counter()
                 app.simulate_key("right_square_bracket")
-                await until(lambda: app.jobs_page is not old and table.row_count and table.cursor_row == 0)
+                await until(lambda old=old: app.jobs_page is not old and table.row_count and table.cursor_row == 0)
                 pages.append((time.perf_counter() - t0) * 1000)
             row = table.cursor_row
             t0 = time.perf_counter()
             app.simulate_key("down")
-            await until(lambda: table.cursor_row != row)
+            await until(lambda row=row: table.cursor_row != row)
             keys.append((time.perf_counter() - t0) * 1000)
             await asyncio.sleep(0.03)  # a fast typist: ~30 keys a second
         elapsed = time.monotonic() - start

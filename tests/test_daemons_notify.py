@@ -38,7 +38,7 @@ def _receive(sock: socket.socket, seconds: float, stop_at: bytes | None = None) 
         sock.settimeout(left)
         try:
             data = sock.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             break
         got.append((time.monotonic(), data))
         if data == stop_at:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from shared.client import BrokerUnavailable, Client, CutqError
+from shared.client import Client, CutqError
 from tests.cluster import Cluster, wait_for
 from tests.test_security import Keys, keys, secure  # noqa: F401  (fixtures)
 

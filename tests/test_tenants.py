@@ -70,7 +70,7 @@ def test_weights_hold_within_10_percent(cluster: Cluster):
     n = 240
     wait_for(lambda: client.stats()["done"] >= n + 8, 60, what=f"{n} completions")
     client.pause(True)  # stop here; what is running finishes
-    done = sorted((t["finished"], job_t) for job, job_t in zip(jobs, "AB")
+    done = sorted((t["finished"], job_t) for job, job_t in zip(jobs, "AB", strict=False)
                   for t in client.status(job)["tasks"] if t["state"] == "done")
     first = [t for _, t in done[:n]]
     a, b = first.count("A"), first.count("B")

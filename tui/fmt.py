@@ -139,7 +139,7 @@ def progress_bar(job: dict, width: int = 12) -> Text:
     cells = _apportion([n for n, _ in parts], total, width)
     bar = Text()
     used = 0
-    for (_, colour), n in zip(parts, cells):
+    for (_, colour), n in zip(parts, cells, strict=False):
         if n:
             bar.append("━" * n, style=colour)
             used += n

@@ -148,7 +148,8 @@ def sample_image(seed: int, cutout: bool, size: tuple[int, int] = (160, 120)) ->
         top, bottom = (40 + hue % 60, 90, 140), (200, 180 - hue % 80, 120)
         for y in range(h):  # a sky-to-ground gradient
             f = y / max(1, h - 1)
-            img.paste(tuple(int(a + (b - a) * f) for a, b in zip(top, bottom)) + (255,), (0, y, w, y + 1))
+            colour = tuple(int(a + (b - a) * f) for a, b in zip(top, bottom, strict=True)) + (255,)
+            img.paste(colour, (0, y, w, y + 1))
     draw = ImageDraw.Draw(img)
     cx, cy = w // 2 + rng.randint(-10, 10), h // 2 + 8
     draw.ellipse((cx - 28, cy - 40, cx + 28, cy + 4), fill=(230, 190, 150, 255))  # head

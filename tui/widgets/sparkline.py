@@ -66,7 +66,7 @@ class Sparkline(Widget):
         row = bar_rows(cols, height, peak)[y] if 0 <= y < height else ""
         bar = self.get_component_rich_style("sparkline--bar")
         zero = self.get_component_rich_style("sparkline--zero")
-        segments = [Segment(ch, zero if c == 0 else bar) for ch, c in zip(row, cols)]
+        segments = [Segment(ch, zero if c == 0 else bar) for ch, c in zip(row, cols, strict=False)]
         return Strip(segments, width).simplify()
 
     def peak(self) -> float:

@@ -78,7 +78,7 @@ def wide_table(stats: dict) -> Table:
                                   " busy  ", (f"{stats.get('slots_used', 0)}/{stats.get('slots_total', 0)}", "bold"),
                                   " slots")),
     ]
-    for state, (label, value) in zip(STATES, right):
+    for state, (label, value) in zip(STATES, right, strict=False):
         n = stats.get(state)
         style = fmt.STATE_STYLE[state] if n else "dim"
         grid.add_row(Text(f"{fmt.STATE_ICON[state]} {state}", style=style),

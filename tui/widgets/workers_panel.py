@@ -67,14 +67,14 @@ class WorkersTable(DataTable):
         if order != self._order:
             self.clear()
             self._cells = {}
-            for name, w in zip(order, rows):
+            for name, w in zip(order, rows, strict=False):
                 cells = worker_cells(w, self.book.heartbeat_age(w))
                 self._cells[name] = cells
                 self.add_row(*cells, key=name)
             self._order = order
             return
         keys = [k for k, _ in COLUMNS]
-        for name, w in zip(order, rows):
+        for name, w in zip(order, rows, strict=False):
             new = worker_cells(w, self.book.heartbeat_age(w))
             old = self._cells.get(name)
             if new != old:
