@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cli import admin, daemons, data, jobs, keys
+from cli import admin, daemons, data, http, jobs, keys
 from shared.client import BrokerUnavailable, Client, CutqError
 from shared.config import default_endpoint
 from shared.security import Credentials, CredentialsError
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser  # type: ignore[method-assign]
     # in this order, so `cutq --help` lists the commands as it always has
     for register in (daemons.register, jobs.register, admin.register_stats, keys.register, admin.register,
-                     data.register):
+                     data.register, http.register):
         register(sub, common)
     return parser
 
