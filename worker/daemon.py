@@ -26,6 +26,7 @@ from shared import protocol as p
 from shared.config import DEFAULT_MODEL, WorkerConfig
 from shared.sdnotify import Notifier
 from shared.security import Credentials
+from worker.processors import model_file_digests
 from worker.slots import Slot, SlotSettings, cpu_count, rss_limit_mb
 
 log = logging.getLogger("cutq.worker")
@@ -80,6 +81,7 @@ class WorkerDaemon:
         self._next_heartbeat = 0.0
         self._last_heard = 0.0
         self.models: list[str] = list(config.preload_models)
+        self.model_files = model_file_digests()  # announced: the broker's result cache checks them
         self.credentials = Credentials.from_env(os.environ, config.key or None, config.server_key or None)
 
     # ------------------------------------------------------------------ session
@@ -105,6 +107,7 @@ class WorkerDaemon:
             slots=0 if self.draining else len(self.slots) * self.config.batch_size,  # tasks it takes at once
             threads=self.settings.threads, models=self.models,
             providers=_providers(), processors=["rembg", "noop", "sleep"], running=held,
+            model_files=self.model_files,
         ))
 
     def _held(self) -> list[dict]:
@@ -334,8 +337,12 @@ class WorkerDaemon:
             if task is None:
                 return  # a reply from before a cancel-restart; nothing waits for it
             if kind == "ok":
-                self.outbox.append(({"task_id": item[1], "attempt": item[2], "ok": True, "ext": item[4],
-                                     "processor": task["processor"]}, item[3]))
+                result: p.TaskResult = {"task_id": item[1], "attempt": item[2], "ok": True, "ext": item[4],
+                                        "processor": task["processor"]}
+                made_by = self.model_files.get(str((task.get("options") or {}).get("model")))
+                if made_by:
+                    result["model_file"] = made_by
+                self.outbox.append((result, item[3]))
             else:
                 self.outbox.append(({"task_id": item[1], "attempt": item[2], "ok": False,
                                      "error_kind": item[3], "error": item[4]}, None))

@@ -14,6 +14,7 @@ onnxruntime at import time (rembg costs about a second to import); only
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import threading
 import time
@@ -292,6 +293,22 @@ def models_on_disk(model_dir: str | Path | None = None) -> list[str]:
         if (root / fname).is_file() or (root / "models" / model / fname).is_file():
             found.append(model)
     return found
+
+
+def model_file_digests(model_dir: str | Path | None = None) -> dict[str, str]:
+    """model -> SHA-256 of its weights on disk: the broker's result cache keys on the file, not
+    the name, so re-downloaded or different weights never answer from an old result."""
+    root = Path(model_dir) if model_dir is not None else default_model_dir()
+    out = {}
+    for model in models_on_disk(root):
+        fname = model + MODELS_ON_DISK_SUFFIX
+        path = root / fname if (root / fname).is_file() else root / "models" / model / fname
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        out[model] = h.hexdigest()
+    return out
 
 
 # ---------------------------------------------------------------- noop and sleep
