@@ -22,13 +22,13 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from broker.store import StoreError
-from broker.store.backup import named_blobs, referenced_among, snapshot, summary
+from broker.store.backup import named_blobs, snapshot, summary
 
 log = logging.getLogger("cutq.backup")
 
@@ -75,38 +75,37 @@ def lock_is_fresh(path: Path, now: float | None = None) -> bool:
 
 
 class DeletionHold:
-    """Blob deletions held back while DATA/backup.lock is fresh, made once it is gone.
+    """Blob deletions held back while DATA/backup.lock is fresh, handed back once it is gone.
 
-    Thread-safe: the broker's blob threads call `admit`.  Held deletions are made by the
-    next `admit` after the lock is gone, or by a watcher thread that looks every
-    `poll_s` while some are held, whichever comes first.  A held blob that a row (or an
-    unfinished upload) came to need again meanwhile is kept: a new submission of the
-    same bytes finds the file still there and refers to it."""
+    Thread-safe: the broker's blob threads call `admit`.  Held digests go back through
+    `resubmit` (BlobIO.delete: its usual checks run again, so a blob that a row, an upload
+    or a new submission of the same bytes came to need meanwhile stays) at the next `admit`
+    after the lock is gone, or from a watcher thread that looks every `poll_s` while some
+    are held, whichever comes first."""
 
     def __init__(self, data_dir: Path, poll_s: float = 1.0) -> None:
         self.lock = data_dir / LOCK_NAME
-        self.db = data_dir / DB_NAME
         self.poll_s = poll_s
         self._held: list[str] = []
         self._watching = False
         self._mutex = threading.Lock()
 
-    def admit(self, digests: Iterable[str], pinned: Callable[[str], bool],
-              delete: Callable[[str], None]) -> list[str]:
-        """The digests to delete now: none while a backup runs (they are held, and deleted
-        through `delete` once it ends); after it, these and the held ones still unneeded."""
+    def admit(self, digests: list[str], resubmit: Callable[[list[str]], None]) -> list[str]:
+        """The digests to delete now: none while a backup runs (they are held); after it, all
+        of them, and the held ones go back through `resubmit`."""
         with self._mutex:
             if lock_is_fresh(self.lock):
                 self._held.extend(digests)
                 if not self._watching:
                     self._watching = True
-                    threading.Thread(target=self._watch, args=(pinned, delete), daemon=True,
+                    threading.Thread(target=self._watch, args=(resubmit,), daemon=True,
                                      name="cutq-backup-hold").start()
                 return []
             held, self._held = self._held, []
-        return [*digests, *self._unneeded(held, pinned)]
+        _hand_back(held, resubmit)
+        return digests
 
-    def _watch(self, pinned: Callable[[str], bool], delete: Callable[[str], None]) -> None:
+    def _watch(self, resubmit: Callable[[list[str]], None]) -> None:
         while True:
             time.sleep(self.poll_s)
             with self._mutex:
@@ -114,28 +113,18 @@ class DeletionHold:
                     continue
                 held, self._held = self._held, []
                 self._watching = False
-            for digest in self._unneeded(held, pinned):
-                try:
-                    delete(digest)
-                except OSError as e:
-                    log.warning("could not delete blob %s: %s", digest[:12], e)
+            _hand_back(held, resubmit)
             return
 
-    def _unneeded(self, held: list[str], pinned: Callable[[str], bool]) -> list[str]:
-        """The held digests no row and no upload refers to now (all kept if that cannot be read)."""
-        if not held:
-            return []
-        candidates = [d for d in dict.fromkeys(held) if not pinned(d)]
-        try:
-            needed = referenced_among(self.db, candidates)
-        except StoreError as e:  # unreadable now: keep them held rather than guess
-            log.warning("could not check the blobs held while a backup ran: %s", e)
-            with self._mutex:
-                self._held[:0] = held
-            return []
-        still = [d for d in candidates if d not in needed]
-        log.info("deleting %d blobs held while a backup ran", len(still))
-        return still
+
+def _hand_back(held: list[str], resubmit: Callable[[list[str]], None]) -> None:
+    if not held:
+        return
+    log.info("deleting the %d blobs held while a backup ran", len(held))
+    try:
+        resubmit(list(dict.fromkeys(held)))
+    except RuntimeError:  # the broker is stopping (its pool takes no more work): the start-up sweep will
+        log.info("stopping: %d blobs held while a backup ran are left to the next start's sweep", len(held))
 
 
 def deletion_hold(owner: object, blob_root: Path | None) -> DeletionHold | None:

@@ -92,12 +92,12 @@ class BlobIO:
 
     def _delete(self, digests: list[str]) -> None:
         # `cutq backup` copies the blobs its database snapshot names: while its DATA/backup.lock is
-        # fresh these wait, deleted once it is gone (by a later call or the hold's watcher: broker/backup.py)
+        # fresh these wait, then go back through delete() and its checks (broker/backup.py)
         from broker.backup import deletion_hold
 
         hold = deletion_hold(self, getattr(self.store, "root", None))
         if hold is not None:
-            digests = hold.admit(digests, lambda d: self.pinned[d] > 0, self.store.delete)
+            digests = hold.admit(digests, self.delete)
         for d in digests:
             try:
                 self.store.delete(d)

@@ -1,4 +1,4 @@
-"""With CURVE, watch worker connections close, so nothing more is sent to their routing id.
+"""The broker's socket: how it is bound, and with CURVE, which connection each worker speaks on.
 
 Another key can take a worker's routing id the moment the worker's connection
 closes; until the worker's own key is heard again on a new connection, it gets no
@@ -10,12 +10,50 @@ from __future__ import annotations
 import logging
 
 import zmq
+import zmq.auth
 import zmq.utils.monitor
 
-from broker.keys import Principal
+from broker.keys import Principal, broker_cert_paths
 from broker.registry import Registry
+from shared.config import BrokerConfig
+from shared.security import is_local_endpoint
 
 log = logging.getLogger("cutq.broker")
+
+
+class BrokerSetupError(Exception):
+    """The broker cannot start as configured (one line for the user)."""
+
+
+def bind_router(ctx: zmq.Context[zmq.Socket[bytes]], config: BrokerConfig, secure: bool) -> zmq.Socket[bytes]:
+    """The broker's one ROUTER socket, bound, with CURVE when the data dir has keys."""
+    s = ctx.socket(zmq.ROUTER)
+    s.setsockopt(zmq.LINGER, 1000)
+    s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a departed peer raises, never drops silently
+    # a reconnecting worker keeps its identity; with CURVE, nobody may take over another's
+    s.setsockopt(zmq.ROUTER_HANDOVER, 0 if secure else 1)
+    # the whole message's cap is checked on receipt, so an oversized submission gets a
+    # too_large answer; a single frame past twice the cap is hostile: libzmq drops its connection
+    s.setsockopt(zmq.MAXMSGSIZE, 2 * config.max_message_bytes)
+    s.setsockopt(zmq.SNDHWM, config.sndhwm)
+    s.setsockopt(zmq.RCVHWM, config.rcvhwm)
+    # ZMTP heartbeats drop dead TCP connections, so a worker's identity frees up after a cut
+    s.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+    s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+    if secure:
+        public, secret = zmq.auth.load_certificate(broker_cert_paths(config.data_dir)[1])
+        s.curve_secretkey, s.curve_publickey = secret, public
+        s.curve_server = True
+    elif not is_local_endpoint(config.bind):
+        log.warning("binding %s WITHOUT CURVE (--insecure): traffic is plaintext and unauthenticated",
+                    config.bind)
+    try:
+        s.bind(config.bind)
+    except zmq.ZMQError as e:
+        s.close(0)
+        raise BrokerSetupError(f"cannot bind {config.bind}: {e.strerror}") from e
+    return s
+
 
 
 class ConnectionWatch:

@@ -25,10 +25,10 @@ import zmq.auth
 from broker import access, events
 from broker.blobs import FileBlobStore
 from broker.client_handlers import ClientHandlers
-from broker.connections import ConnectionWatch
+from broker.connections import BrokerSetupError, ConnectionWatch, bind_router
 from broker.core import Core
 from broker.datadir import prepare_data_dir
-from broker.keys import OPEN, KeyRing, Principal, ZapHandler, broker_cert_paths, curve_enabled
+from broker.keys import OPEN, KeyRing, Principal, ZapHandler, curve_enabled
 from broker.outbox import Outbox
 from broker.store import Store, StoreError, referenced_checker
 from broker.worker_handlers import WorkerHandlers
@@ -40,10 +40,6 @@ from shared.security import is_local_endpoint
 log = logging.getLogger("cutq.broker")
 MAX_MESSAGES_PER_TURN = 2000
 WRITE_BACKOFF_FIRST, WRITE_BACKOFF_MAX = 0.1, 5.0
-
-
-class BrokerSetupError(Exception):
-    """The broker cannot start as configured (one line for the user)."""
 
 
 class Broker:
@@ -85,7 +81,7 @@ class Broker:
         # the ZAP handler must be bound before the CURVE socket binds
         self.zap = ZapHandler(self._ctx, self.keyring) if self.keyring else None
         self._keys_version = self.keyring.version if self.keyring else 0
-        self.sock = self._make_socket()
+        self.sock = bind_router(self._ctx, config, self.secure)
         self.connections = ConnectionWatch(self.sock, self.core.registry) if self.secure else None
         self.clients = ClientHandlers(self.core, self.secure)
         self._handlers = {**self.clients.table(), **WorkerHandlers(self.core).table()}
@@ -100,34 +96,6 @@ class Broker:
             log.info("re-queued %d tasks left running by the previous broker", recovered)
 
     # ------------------------------------------------------------------ setup
-
-    def _make_socket(self) -> zmq.Socket[bytes]:
-        s = self._ctx.socket(zmq.ROUTER)
-        s.setsockopt(zmq.LINGER, 1000)
-        s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a departed peer raises, never drops silently
-        # a reconnecting worker keeps its identity; with CURVE, nobody may take over another's
-        s.setsockopt(zmq.ROUTER_HANDOVER, 0 if self.secure else 1)
-        # the whole message's cap is checked on receipt, so an oversized submission gets a
-        # too_large answer; a single frame past twice the cap is hostile: libzmq drops its connection
-        s.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_message_bytes)
-        s.setsockopt(zmq.SNDHWM, self.config.sndhwm)
-        s.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
-        # ZMTP heartbeats drop dead TCP connections, so a worker's identity frees up after a cut
-        s.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
-        if self.secure:
-            public, secret = zmq.auth.load_certificate(broker_cert_paths(self.config.data_dir)[1])
-            s.curve_secretkey, s.curve_publickey = secret, public
-            s.curve_server = True
-        elif not is_local_endpoint(self.config.bind):
-            log.warning("binding %s WITHOUT CURVE (--insecure): traffic is plaintext and unauthenticated",
-                        self.config.bind)
-        try:
-            s.bind(self.config.bind)
-        except zmq.ZMQError as e:
-            s.close(0)
-            raise BrokerSetupError(f"cannot bind {self.config.bind}: {e.strerror}") from e
-        return s
 
     @property
     def endpoint(self) -> str:

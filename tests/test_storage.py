@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from broker.store.base import SCHEMA_VERSION
+from broker.store.schema import SCHEMA_VERSION
 from shared import protocol as p
 from shared.client import CutqError
 from shared.security import Credentials

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from broker.store.base import StoreError
@@ -74,16 +74,3 @@ def summary(db: Path) -> dict[str, int]:
     finally:
         conn.close()
 
-
-def referenced_among(db: Path, digests: Iterable[str]) -> set[str]:
-    """Which of `digests` a row of the database `db` refers to now (its own read-only connection)."""
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    except sqlite3.Error as e:
-        raise StoreError(f"could not open {db}: {e}") from e
-    try:
-        return {d for d in digests if conn.execute("SELECT 1 FROM blobs WHERE digest = ?", (d,)).fetchone()}
-    except sqlite3.Error as e:
-        raise StoreError(f"could not read {db}: {e}") from e
-    finally:
-        conn.close()
