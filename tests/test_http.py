@@ -255,8 +255,13 @@ def test_a_token_sees_only_its_tenant_through_a_gateway_key(cluster: Cluster, se
         r = bob.request(method, path)
         assert r.status_code == 404, (method, path, r.status_code, r.text)
         assert r.json()["code"] == "not_found"
+    # a job over the client library's part size goes as a streamed upload: every part names the tenant too
+    big = [(f"big-{i}.png", TINY + bytes([i]) * (5 * 1024 * 1024)) for i in range(2)]
+    r = submit(alice, big, processor="noop")
+    assert r.status_code == 202, r.text
+    assert cluster.client(credentials=secure.creds("alice")).status(r.json()["job_id"])["total"] == 2
     assert bob.get("/v1/jobs").json()["total"] == 0
-    assert alice.get("/v1/jobs").json()["total"] == 1
+    assert alice.get("/v1/jobs").json()["total"] == 2
     assert bob.get("/v1/stats").json()["by_tenant"].keys() == {"B"}
     # a gateway key may not act as an admin: an admin token is refused by the broker, not widened
     assert gw.http(root_t).get("/v1/jobs").status_code == 403
