@@ -13,12 +13,12 @@ No sockets and no SQL here.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypedDict
 
 import msgpack
+
+from shared.typecheck import conforms, fields_of, hints_of
 
 VERSION = b"CUTQ1"
 MAX_BODY_BYTES = 4 * 1024 * 1024  # a BODY is metadata only; images travel as BLOBS
@@ -358,7 +358,7 @@ ADMIN_REQUESTS: frozenset[type[Message]] = frozenset({Pause, TenantSet})
 
 def encode(msg: Message) -> list[bytes]:
     """Frames for `msg`: version, type, msgpack body, then its blobs."""
-    body = {f.name: getattr(msg, f.name) for f in _fields(type(msg))}
+    body = {f.name: getattr(msg, f.name) for f in fields_of(type(msg))}
     return [VERSION, msg.TYPE, msgpack.packb(body, use_bin_type=True), *msg.blobs]
 
 
@@ -385,11 +385,11 @@ def decode(frames: list[bytes]) -> Message:
     if not isinstance(data, dict):
         raise ProtocolError("body must be a map")
     kwargs: dict[str, Any] = {}
-    hints = _hints(cls)
-    for f in _fields(cls):
+    hints = hints_of(cls)
+    for f in fields_of(cls):
         if f.name in data:
             value = data[f.name]
-            if not _conforms(value, hints[f.name]):
+            if not conforms(value, hints[f.name]):
                 raise ProtocolError(f"{cls.__name__}.{f.name}: wrong type {type(value).__name__}")
             kwargs[f.name] = value
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -397,59 +397,3 @@ def decode(frames: list[bytes]) -> Message:
     msg = cls(**kwargs)
     msg.blobs = [bytes(b) for b in frames[3:]]
     return msg
-
-
-# ---------------------------------------------------------------- validation helpers
-
-_FIELDS_CACHE: dict[type, tuple[dataclasses.Field[Any], ...]] = {}
-_HINTS_CACHE: dict[type, dict[str, Any]] = {}
-
-
-def _fields(cls: type[Message]) -> tuple[dataclasses.Field[Any], ...]:
-    if cls not in _FIELDS_CACHE:
-        _FIELDS_CACHE[cls] = tuple(f for f in dataclasses.fields(cls) if f.name != "blobs")
-    return _FIELDS_CACHE[cls]
-
-
-def _hints(cls: type[Message]) -> dict[str, Any]:
-    if cls not in _HINTS_CACHE:
-        _HINTS_CACHE[cls] = typing.get_type_hints(cls)
-    return _HINTS_CACHE[cls]
-
-
-def _conforms(value: Any, hint: Any) -> bool:
-    """Shallow type check of a decoded value against a field annotation."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_conforms(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is list:
-        (item,) = typing.get_args(hint) or (Any,)
-        return isinstance(value, list) and all(_conforms(v, item) for v in value)
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    if hint is list:
-        return isinstance(value, list)
-    if hint is Any:
-        return True
-    if typing.is_typeddict(hint):
-        return isinstance(value, dict) and _record_conforms(value, hint)
-    return isinstance(value, hint)
-
-
-def _record_conforms(value: dict[str, Any], record: Any) -> bool:
-    """Every required key of the TypedDict present, and every known key of its type."""
-    hints = _RECORD_HINTS.get(record)
-    if hints is None:
-        hints = _RECORD_HINTS[record] = typing.get_type_hints(record)
-    if not record.__required_keys__ <= value.keys():
-        return False
-    return all(_conforms(value[k], h) for k, h in hints.items() if k in value)
-
-
-_RECORD_HINTS: dict[Any, dict[str, Any]] = {}
