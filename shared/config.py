@@ -6,9 +6,9 @@ Nothing here reads the environment at import time; call the `from_env` helpers.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 DEFAULT_MODEL = "u2netp"
