@@ -149,6 +149,23 @@ def test_a_big_streamed_job_keeps_the_broker_rss_flat_and_comes_back_identical(c
     check_results(client, job_id, [hashlib.sha256(d).hexdigest() for _, d in lazily(n, size)])
 
 
+def test_submit_paths_reads_the_files_part_by_part(cluster: Cluster):
+    cluster.start_broker()
+    folder = cluster.tmp / "many"
+    folder.mkdir()
+    n = 160
+    for i in range(n):
+        (folder / f"f{i:03d}.png").write_bytes(image(1000 + i, MiB))
+    client = cluster.client(timeout=30)
+    me = RssSampler(os.getpid())
+    me.start()
+    job_id = client.submit_paths([folder], processor="noop")
+    grew = me.stop()
+    print(f"\nsubmit_paths of {n} MiB: this process's RSS +{grew / MiB:.0f} MiB")
+    assert grew < 100 * MiB, f"the client grew by {grew / MiB:.0f} MiB sending {n} MiB of files"
+    assert client.status(job_id, tasks=False)["total"] == n
+
+
 @pytest.mark.parametrize("kill_after", ["some parts", "every part"])
 @pytest.mark.timeout(90)  # a kill -9, a restart and the orphan sweep
 def test_broker_killed_mid_upload_leaves_nothing_and_its_blobs_are_swept(cluster: Cluster, kill_after: str):
