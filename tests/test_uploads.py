@@ -127,7 +127,7 @@ def test_a_big_streamed_job_keeps_the_broker_rss_flat_and_comes_back_identical(c
     cluster.start_worker(1, "--preload", "")
     cluster.wait_workers(1)
     assert cluster.broker is not None
-    client = cluster.client(timeout=30)
+    client = cluster.client(timeout=3)  # per part: the whole upload takes longer (300 MB: ~4 s here)
     sampler = RssSampler(cluster.broker.pid)
     sampler.start()
     began = time.monotonic()
@@ -143,7 +143,7 @@ def test_a_big_streamed_job_keeps_the_broker_rss_flat_and_comes_back_identical(c
     print(f"\nbig upload: {n} x {size // MiB} MiB = {n * size / MiB:.0f} MiB in {upload_s:.1f}s "
           f"({n * size / MiB / upload_s:.0f} MiB/s); broker RSS {sampler.start_rss / MiB:.0f} MiB at start, "
           f"peak {after_upload / MiB:.0f} MiB while uploading (+{grew / MiB:.0f} MiB, {sampler.samples} samples), "
-          f"peak {whole.peak / MiB:.0f} MiB while processing")
+          f"peak {whole.peak / MiB:.0f} MiB while processing; client timeout {client.timeout:g}s per part")
     assert grew < 300 * MiB, f"broker RSS grew by {grew / MiB:.0f} MiB while a {mb} MB job streamed in"
     assert status["state"] == "done" and status["done"] == n
     check_results(client, job_id, [hashlib.sha256(d).hexdigest() for _, d in lazily(n, size)])
