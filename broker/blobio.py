@@ -110,7 +110,13 @@ class BlobIO:
         to call from a thread (a read-only connection of its own)."""
 
         def work() -> None:
+            from broker.backup import LOCK_NAME, lock_is_fresh
+
             swept = 0
+            root = getattr(self.store, "root", None)
+            if root is not None and lock_is_fresh(root.parent / LOCK_NAME):
+                log.info("a backup is running: the orphan blob sweep waits for the next start")
+                return
             try:
                 for digest, mtime in self.store.digests():
                     with self._lock:
