@@ -20,13 +20,14 @@ from broker.keys import Principal
 from broker.rates import eta
 from broker.registry import Subscription
 from broker.scheduler import TenantPolicy
-from broker.store import BlobRef, StoreError
+from broker.store import SORT_KEYS, BlobRef, StoreError
 from shared import protocol as p
 from shared.names import validate_input_name
 from shared.options import PROCESSORS, validate_options
 from shared.states import TASK_STATES, TaskState
 
 Handler = Callable[[bytes, Any, Principal], None]
+JOB_ID_LENGTH = 12  # the store's job ids: 12 hex digits; anything shorter may be a prefix
 _POLICY_FIELDS: dict[str, type] = {"weight": float, "max_running": int, "rate": float, "max_queued": int}
 
 
@@ -49,7 +50,19 @@ class ClientHandlers:
     # ------------------------------------------------------------------ helpers
 
     def _job_or_error(self, ident: bytes, msg: p.Message, job_id: str, who: Principal) -> dict[str, Any] | None:
+        """The job `job_id` names (a full id or a unique prefix) if `who` may see it; else None
+        after an error reply.  A prefix is resolved in `msg` too, so the handler goes on with the id."""
         job = self.core.store.job(job_id)
+        if job is None and 0 < len(job_id) < JOB_ID_LENGTH:
+            matches = self.core.store.jobs_with_prefix(job_id, access.scope(who))
+            if len(matches) > 1:
+                more = "" if len(matches) < 10 else ", ..."
+                self.core.out.error(ident, msg, f"job id {job_id} is ambiguous: {', '.join(matches)}{more}",
+                                    "ambiguous")
+                return None
+            if matches:
+                job = self.core.store.job(matches[0])
+                msg.job_id = matches[0]  # type: ignore[attr-defined]
         if job is None or not access.can_see(who, job["tenant"]):
             gone = self.core.store.tombstone(job_id) if job is None else None
             if gone is not None and access.can_see(who, gone["tenant"]):
@@ -228,8 +241,10 @@ class ClientHandlers:
         if job is None:
             return
         store = self.core.store
+        if msg.task_state is not None and msg.task_state not in TASK_STATES:
+            return self.core.out.error(ident, msg, f"unknown state {msg.task_state!r}", "bad_request")
         if msg.tasks:
-            job["tasks"] = store.job_tasks(msg.job_id)
+            job["tasks"] = store.job_tasks(msg.job_id, msg.task_state, max(0, msg.task_limit), max(0, msg.task_offset))
             for t in job["tasks"]:
                 if t["state"] == TaskState.FAILED or t["worker_deaths"] or t["failures"]:
                     t["history"] = store.task_attempts(t["task_id"])
@@ -245,8 +260,12 @@ class ClientHandlers:
         if msg.state is not None and msg.state not in TASK_STATES:
             return self.core.out.error(
                 ident, msg, f"unknown state {msg.state!r} (one of: {', '.join(TASK_STATES)})", "bad_request")
+        if msg.sort not in SORT_KEYS:
+            return self.core.out.error(
+                ident, msg, f"cannot sort by {msg.sort!r} (one of: {', '.join(SORT_KEYS)})", "bad_request")
         jobs, total = self.core.store.list_jobs(msg.state, msg.search, max(1, min(msg.limit, 1000)),
-                                                max(0, msg.offset), tenant=access.scope(who))
+                                                max(0, msg.offset), tenant=access.scope(who), sort=msg.sort,
+                                                descending=msg.descending)
         self.core.out.reply(ident, msg, jobs=jobs, total=total)
 
     def stats(self, ident: bytes, msg: p.Stats, who: Principal) -> None:

@@ -142,8 +142,11 @@ class Purge(Message):
 class Status(Message):
     TYPE: ClassVar[bytes] = b"STATUS"
     req: int
-    job_id: str
+    job_id: str  # a full id, or any unique prefix of one
     tasks: bool = True
+    task_state: str | None = None  # only tasks in this state
+    task_limit: int = 0  # a page of tasks (0: all of them)
+    task_offset: int = 0
 
 
 @dataclass
@@ -154,6 +157,8 @@ class ListJobs(Message):
     search: str | None = None
     limit: int = 50
     offset: int = 0
+    sort: str = "created"  # created, state, progress, errors or tenant: over every job, not a page
+    descending: bool = True
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from broker.store.base import BlobRef, Change, Claimed, QueuedTask, StoreError, referenced_checker
 from broker.store.cleanup import Cleanup
-from broker.store.reads import Reads
+from broker.store.reads import SORT_KEYS, Reads
 from broker.store.tasks import CACHED_PROCESSORS, QueuedRun, TaskWrites, cache_key
 
 
@@ -18,6 +18,7 @@ class Store(TaskWrites, Reads, Cleanup):
     """The queue's durable state.  Not thread-safe: the broker loop owns it."""
 
 
-__all__ = ["CACHED_PROCESSORS", "BlobRef", "Change", "Claimed", "QueuedRun", "QueuedTask", "Store", "StoreError",
-           "cache_key",
-           "referenced_checker"]
+__all__ = [
+    "CACHED_PROCESSORS", "SORT_KEYS", "BlobRef", "Change", "Claimed", "QueuedRun", "QueuedTask", "Store",
+    "StoreError", "cache_key", "referenced_checker",
+]

@@ -20,6 +20,15 @@ _TASK_COLUMNS = (
 
 
 SEARCH_MATCHES = 1000  # tasks a file-name search looks at, at most
+# what the job list can be sorted by: SQL over the job row's counters
+SORT_KEYS: dict[str, str] = {
+    "created": "created",
+    "state": ("CASE WHEN n_queued = total THEN 0 WHEN n_queued + n_running > 0 THEN 1 "
+              "WHEN n_done = total THEN 2 WHEN n_failed > 0 THEN 3 ELSE 4 END"),
+    "progress": "(n_done + n_failed + n_cancelled) * 1.0 / MAX(total, 1)",
+    "errors": "n_failed",
+    "tenant": "tenant",
+}
 
 
 class Reads(StoreBase):
@@ -32,9 +41,25 @@ class Reads(StoreBase):
         row = self._db.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_dict(row) if row else None
 
-    def job_tasks(self, job_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE job_id = ? ORDER BY seq", (job_id,))
+    def job_tasks(self, job_id: str, state: str | None = None, limit: int = 0,
+                  offset: int = 0) -> list[dict[str, Any]]:
+        """A job's tasks in submission order: all, or a page, optionally of one state."""
+        where, params = "job_id = ?", [job_id]
+        if state is not None:
+            where += " AND state = ?"
+            params.append(state)
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit > 0 else ""
+        rows = self._db.execute(f"SELECT {_TASK_COLUMNS} FROM tasks WHERE {where} ORDER BY seq{page}", params)
         return [_task_dict(r) for r in rows]
+
+    def jobs_with_prefix(self, prefix: str, tenant: str | None, limit: int = 10) -> list[str]:
+        """Ids of jobs starting with `prefix` (of `tenant` only, unless None), an index range."""
+        sql = "SELECT id FROM jobs WHERE id >= ? AND id < ?"
+        params: list[Any] = [prefix, prefix + "\U0010ffff"]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            params.append(tenant)
+        return [r[0] for r in self._db.execute(sql + " ORDER BY id LIMIT ?", (*params, limit))]
 
     def task_attempts(self, task_id: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
@@ -46,9 +71,11 @@ class Reads(StoreBase):
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
     def list_jobs(
-        self, state: str | None, search: str | None, limit: int, offset: int, tenant: str | None = None
+        self, state: str | None, search: str | None, limit: int, offset: int, tenant: str | None = None,
+        sort: str = "created", descending: bool = True,
     ) -> tuple[list[dict[str, Any]], int]:
-        """A page of jobs, newest first, filtered by derived state, tenant and id/file-name search."""
+        """A page of jobs, filtered by derived state, tenant and id/file-name prefix, sorted over all
+        of them by `sort` (see SORT_KEYS), newest first among equals."""
         where, params = [], []
         if state:
             where.append(_STATE_SQL[state])
@@ -65,7 +92,8 @@ class Reads(StoreBase):
         clause = ("WHERE " + " AND ".join(where)) if where else ""
         total = self._db.execute(f"SELECT COUNT(*) FROM jobs {clause}", params).fetchone()[0]
         rows = self._db.execute(
-            f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY created DESC, rowid DESC LIMIT ? OFFSET ?",
+            f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY {SORT_KEYS[sort]} {'DESC' if descending else 'ASC'}, "
+            "created DESC, rowid DESC LIMIT ? OFFSET ?",
             (*params, limit, offset),
         ).fetchall()
         return [_job_dict(r) for r in rows], total
