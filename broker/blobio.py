@@ -8,6 +8,7 @@ write to the store commits with that turn.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -21,6 +22,15 @@ from broker.blobs import BlobStore
 
 log = logging.getLogger("cutq.broker")
 Stored = Callable[[list[str] | OSError], None]
+
+
+def describe(e: OSError) -> str:
+    """An OS error in words a user acts on (disk full says so)."""
+    if e.errno == errno.ENOSPC:
+        return f"disk full ({e.strerror})"
+    if e.errno == errno.EROFS:
+        return f"the data dir is read-only ({e.strerror})"
+    return e.strerror or str(e)
 
 
 class BlobIO:

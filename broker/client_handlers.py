@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from broker import access, views
+from broker.blobio import describe
 from broker.core import Core, Upload
 from broker.keys import Principal
 from broker.rates import eta
@@ -110,7 +111,7 @@ class ClientHandlers:
 
         def stored(result: list[str] | OSError) -> None:
             if isinstance(result, OSError):
-                return core.out.error(ident, msg, f"storage error, nothing was saved: {result}", "storage")
+                return core.out.error(ident, msg, f"storage error, nothing was saved: {describe(result)}", "storage")
             if self._refuse_submission(ident, msg, msg.names, len(result), tenant) is None:
                 core.blobio.delete([d for d in result if not core.store.is_referenced(d)])
                 return
@@ -215,7 +216,7 @@ class ClientHandlers:
 
         def stored(result: list[str] | OSError) -> None:
             if isinstance(result, OSError):
-                return core.out.error(ident, msg, f"storage error, this part was not saved: {result}", "storage")
+                return core.out.error(ident, msg, f"storage error, this part was not saved: {describe(result)}", "storage")
             if core.uploads.get(msg.upload_id) is not upload:
                 return core.out.error(ident, msg, f"upload {msg.upload_id[:12]} expired", "not_found")
             upload.parts[msg.part] = (list(msg.names), [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from broker.blobio import describe
 from broker.core import Core
 from broker.keys import Principal
 from broker.registry import WorkerRecord
@@ -141,7 +142,7 @@ class WorkerHandlers:
 
     def _stored(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str, result: list[str] | OSError) -> None:
         if isinstance(result, OSError):  # disk full: keep the bytes, try again after a pause
-            self.core.storage_trouble(f"could not store a result: {result}")
+            self.core.storage_trouble(f"could not store a result: {describe(result)}")
             self.core.deferred.append(functools.partial(self._store_result, w, r, data, ext))
             return
         self._complete(w, r, BlobRef(result[0], len(data)), ext)
