@@ -216,7 +216,8 @@ class ClientHandlers:
 
         def stored(result: list[str] | OSError) -> None:
             if isinstance(result, OSError):
-                return core.out.error(ident, msg, f"storage error, this part was not saved: {describe(result)}", "storage")
+                why = describe(result)
+                return core.out.error(ident, msg, f"storage error, this part was not saved: {why}", "storage")
             if core.uploads.get(msg.upload_id) is not upload:
                 return core.out.error(ident, msg, f"upload {msg.upload_id[:12]} expired", "not_found")
             upload.parts[msg.part] = (list(msg.names), [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])
