@@ -36,7 +36,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
         heartbeat_liveness=args.liveness, max_queued_tasks=args.max_queued,
         max_tasks_per_submit=args.max_per_submit, max_attempts=args.max_attempts,
         max_worker_deaths=args.max_worker_deaths, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
-        retention_s=args.retention,
+        retention_s=args.retention, webhook_allow=args.webhook_allow, public_url=args.public_url,
+        metrics=args.metrics,
         synchronous=args.synchronous, insecure=args.insecure, busy_timeout_ms=args.busy_timeout_ms,
     )
     return serve(config)
@@ -117,6 +118,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     b.add_argument("--max-message-mb", type=float, default=BrokerConfig.max_message_bytes / 1024 / 1024,
                    help="largest message (a whole submission) the broker takes, in MiB; bigger ones are "
                         "refused with too_large (default %(default)g)")
+    b.add_argument("--webhook-allow", default="", metavar="NETS",
+                   help="private addresses webhooks may call, comma-separated (127.0.0.1,10.0.0.0/8); by "
+                        "default private, loopback and link-local targets are refused")
+    b.add_argument("--public-url", default="", metavar="URL",
+                   help="the HTTP gateway's base URL (https://cutq.example.com): webhook bodies then link "
+                        "each result")
+    b.add_argument("--metrics", default="", metavar="HOST:PORT",
+                   help="serve Prometheus metrics on HOST:PORT (/metrics); off by default")
     b.add_argument("--retention", type=duration, default=BrokerConfig.retention_s, metavar="DURATION",
                    help="delete a finished job with its images and results this long after it ended: "
                         "30s, 15m, 1h, 7d; 0 keeps everything (default 24h)")
