@@ -72,8 +72,14 @@ class BlobIO:
         self._pool.submit(work)
 
     def _called_back(self, then: Stored, result: list[str] | OSError, stored: list[str]) -> None:
+        self.pending -= 1
         self._ran.append(stored)
         then(result)
+
+    def post(self, callback: Callable[[], None]) -> None:
+        """From any thread: run `callback` on the loop thread, in its next turn (wakes the loop)."""
+        self._done.put(callback)
+        os.write(self._wake_w, b"x")
 
     def turn_ended(self) -> None:
         """The turn that ran this batch of callbacks committed (or rolled back): their rows
@@ -154,7 +160,6 @@ class BlobIO:
                 callback = self._done.get_nowait()
             except queue.Empty:
                 return n
-            self.pending -= 1
             n += 1
             callback()
 

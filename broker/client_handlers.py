@@ -22,6 +22,7 @@ from broker.rates import eta
 from broker.registry import Subscription
 from broker.scheduler import TenantPolicy
 from broker.store import SORT_KEYS, BlobRef, StoreError
+from broker.webhooks import Webhooks, url_problem
 from shared import protocol as p
 from shared.names import validate_input_name
 from shared.options import PROCESSORS, validate_options
@@ -35,9 +36,10 @@ _POLICY_FIELDS: dict[str, type] = {"weight": float, "max_running": int, "rate": 
 class ClientHandlers:
     """One method per client request type; `table()` maps message types to them."""
 
-    def __init__(self, core: Core, secure: bool) -> None:
+    def __init__(self, core: Core, secure: bool, webhooks: Webhooks) -> None:
         self.core = core
         self.secure = secure
+        self.webhooks = webhooks
 
     def table(self) -> dict[type, Handler]:
         return {
@@ -147,6 +149,10 @@ class ClientHandlers:
                 return problem, "bad_request"
         if msg.processor not in PROCESSORS:
             return f"unknown processor {msg.processor!r} (one of: {', '.join(PROCESSORS)})", "bad_request"
+        if msg.webhook is not None:
+            problem = url_problem(msg.webhook, self.webhooks.allow)
+            if problem:
+                return problem, "bad_request"
         try:
             options = validate_options(msg.processor, msg.options, self._announced_models())
         except ValueError as e:
@@ -170,10 +176,12 @@ class ClientHandlers:
         model_files = self._model_files(options.get("model"))
         job_id, tasks, cached = core.store.add_job(
             names=names, inputs=refs, processor=msg.processor, options=options, tenant=tenant,
-            priority=msg.priority, use_cache=not msg.no_cache, model_files=model_files,
+            priority=msg.priority, use_cache=not msg.no_cache, model_files=model_files, webhook=msg.webhook,
         )
         for t in tasks:
             core.scheduler.push(t.task_id, t.tenant, t.priority)
+        if core.metrics is not None:
+            core.metrics.submitted.labels(tenant).inc(len(names))
         core.out.reply(ident, msg, job_id=job_id, tasks=[t.task_id for t in tasks], cached=cached)
 
     def _model_files(self, model: Any) -> set[str] | None:
@@ -251,6 +259,11 @@ class ClientHandlers:
                 if t["state"] == TaskState.FAILED or t["worker_deaths"] or t["failures"]:
                     t["history"] = store.task_attempts(t["task_id"])
         job["position"], job["eta_s"] = None, None
+        hook = store.webhook(msg.job_id)
+        if hook is not None:
+            job["webhook"] = {k: hook[k] for k in ("url", "state", "attempts", "last_error", "delivered")}
+        elif (url := store.webhook_url(msg.job_id)) is not None:
+            job["webhook"] = {"url": url, "state": "waiting for the job to end", "attempts": 0}
         first = store.first_queued(msg.job_id) if job["queued"] else None
         if first is not None:
             ahead = self.core.scheduler.ahead(job["tenant"], first, job["priority"])
@@ -299,7 +312,8 @@ class ClientHandlers:
         tenants = [
             {"tenant": t, **asdict(core.scheduler.policy(t)), **counts.get(t, dict.fromkeys(TASK_STATES, 0)),
              "paused": t in core.scheduler.paused, "running_now": running.count(t),
-             "tasks_per_s": core.rates.rate(now_s, t) if counts.get(t, {}).get("queued") else 0.0}
+             "tasks_per_s": core.rates.rate(now_s, t) if counts.get(t, {}).get("queued") else 0.0,
+             "webhook_secret": self.webhooks.secret(t)}  # to verify the webhooks' signatures
             for t in names if scope is None or t == scope
         ]
         core.out.reply(ident, msg, tenants=tenants)

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from broker.blobio import BlobIO
 from broker.blobs import BlobStore
@@ -25,6 +26,9 @@ from broker.scheduler import Scheduler, TenantPolicy
 from broker.store import BlobRef, Store
 from shared.config import BrokerConfig
 from shared.states import TaskState
+
+if TYPE_CHECKING:
+    from broker.metrics import Metrics
 
 log = logging.getLogger("cutq.broker")
 
@@ -76,6 +80,7 @@ class Core:
         # closures to run on the next turn that may write (a blob write failed: disk full)
         self.deferred: list[Redo] = []
         self.trouble: str | None = None  # a storage error outside the store (a blob write) this turn
+        self.metrics: Metrics | None = None  # set by the server when --metrics is on
         self.clock, self.wall = clock, wall
         self.registry = Registry()
         self.scheduler = Scheduler()
@@ -166,6 +171,10 @@ class Core:
             else:
                 error = f"{error} (gave up after {failures + 1} attempts)"
         state = self.store.fail(task_id, attempt, worker_id, error, retry_at=retry_at)
+        if self.metrics is not None and state is not None:
+            self.metrics.finished.labels("failed").inc()
+            if state == TaskState.QUEUED:
+                self.metrics.retried.inc()
         if state == TaskState.QUEUED:
             self.requeue_in_memory(task_id, retry_at or 0.0)
 
@@ -211,6 +220,8 @@ class Core:
             self.release(w, task_id)
             new = self.store.requeue_lost(task_id, attempt, w.ident.decode(errors="replace"),
                                           f"worker {w.name} lost: {reason}", self.config.max_worker_deaths)
+            if new is not None and self.metrics is not None:
+                self.metrics.finished.labels("lost").inc()
             if new == TaskState.QUEUED:
                 self.requeue_in_memory(task_id)
         self.out.worker_events.append({"kind": "worker", "worker": w.name, "state": state, "reason": reason})

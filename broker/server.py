@@ -29,8 +29,10 @@ from broker.connections import BrokerSetupError, ConnectionWatch, bind_router
 from broker.core import Core
 from broker.datadir import prepare_data_dir
 from broker.keys import OPEN, KeyRing, Principal, ZapHandler, curve_enabled
+from broker.metrics import Metrics
 from broker.outbox import Outbox
 from broker.store import Store, StoreError, referenced_checker
+from broker.webhooks import Webhooks, parse_allow
 from broker.worker_handlers import WorkerHandlers
 from shared import protocol as p
 from shared.config import BrokerConfig
@@ -83,7 +85,18 @@ class Broker:
         self._keys_version = self.keyring.version if self.keyring else 0
         self.sock = bind_router(self._ctx, config, self.secure)
         self.connections = ConnectionWatch(self.sock, self.core.registry) if self.secure else None
-        self.clients = ClientHandlers(self.core, self.secure)
+        try:
+            allow = parse_allow(config.webhook_allow)
+        except ValueError as e:
+            raise BrokerSetupError(f"--webhook-allow: {e}") from e
+        self.webhooks = Webhooks(self.core, allow, config.public_url)
+        self.clients = ClientHandlers(self.core, self.secure, self.webhooks)
+        if config.metrics:
+            self.core.metrics = Metrics()
+            try:
+                self.core.metrics.serve(config.metrics)
+            except (OSError, ValueError) as e:
+                raise BrokerSetupError(f"cannot serve metrics on {config.metrics}: {e}") from e
         self._handlers = {**self.clients.table(), **WorkerHandlers(self.core).table()}
         self._stop = False
         self._next_heartbeat = self._next_stats = 0.0
@@ -199,6 +212,7 @@ class Broker:
         if now >= self._next_retention:
             self._next_retention = now + 1.0
             core.expire_step()
+            self.webhooks.send_due()
 
     def _read_messages(self) -> None:
         for _ in range(MAX_MESSAGES_PER_TURN):
@@ -366,6 +380,8 @@ class Broker:
         abandoned uploads dropped.  Outside any turn's transaction; a failure waits for next time."""
         self.clients.expire_uploads()
         try:
+            if self.core.metrics is not None:
+                self.core.metrics.refresh(self.core)
             self.core.store.vacuum_step()
             if now >= self._next_checkpoint:
                 self._next_checkpoint = now + 30.0
@@ -397,6 +413,7 @@ class Broker:
             log.error("could not checkpoint the queue on close: %s", e)
         if self.connections is not None:
             self.connections.close()
+        self.webhooks.close()  # before the blob pool: its senders post back through it
         self.core.blobio.close()
         self.sock.close(linger=500)
         if self.zap:

@@ -156,6 +156,11 @@ class WorkerHandlers:
         if core.store.complete(r["task_id"], r["attempt"], w.ident.decode(errors="replace"), ref, ext,
                                r.get("model_file")):
             w.done += 1
+            if core.metrics is not None:
+                created, started, finished, model = core.store.task_timing(r["task_id"])
+                core.metrics.finished.labels("done").inc()
+                core.metrics.wait.labels(model or "-").observe(max(0.0, started - created))
+                core.metrics.run.labels(model or "-").observe(max(0.0, finished - started))
             tenant = core.store.job_tenant(r["task_id"]) or "default"
             core.rates.record(int(core.clock()), tenant, r.get("processor") == "rembg")
 

@@ -79,6 +79,10 @@ class BrokerConfig:
     retention_s: float = 24 * 3600.0  # finished jobs are deleted this long after they end (0: never)
     upload_idle_s: float = 600.0  # a streamed upload untouched this long is dropped
     upload_part_bytes: int = 8 * 1024 * 1024  # what clients are told to send per UploadPart
+    webhook_allow: str = ""  # addresses/networks webhooks may call although private: "127.0.0.1,10.0.0.0/8"
+    webhook_retry_s: float = 24 * 3600.0  # a webhook failing this long after the job ended is given up
+    public_url: str = ""  # the HTTP gateway's base URL, for result links in webhook bodies
+    metrics: str = ""  # host:port to serve Prometheus metrics on ("" : off)
 
 
 @dataclass(frozen=True)

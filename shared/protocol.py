@@ -96,6 +96,7 @@ class Submit(Message):
     tenant: str = "default"
     upload_id: str | None = None  # the images were sent before, in UploadParts; names and blobs empty
     no_cache: bool = False  # run every task even if an equal one has a result already
+    webhook: str | None = None  # POSTed a signed JSON summary when the job ends
 
 
 @dataclass

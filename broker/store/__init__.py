@@ -12,9 +12,10 @@ from broker.store.base import BlobRef, Change, Claimed, QueuedTask, StoreError, 
 from broker.store.cleanup import Cleanup
 from broker.store.reads import SORT_KEYS, Reads
 from broker.store.tasks import CACHED_PROCESSORS, QueuedRun, TaskWrites, cache_key
+from broker.store.webhooks import Webhooks
 
 
-class Store(TaskWrites, Reads, Cleanup):
+class Store(TaskWrites, Reads, Cleanup, Webhooks):
     """The queue's durable state.  Not thread-safe: the broker loop owns it."""
 
 

@@ -261,11 +261,12 @@ class StoreBase:
             sets = ", ".join(f"{_COUNT_COLUMNS[s]} = {_COUNT_COLUMNS[s]} + ?" for s in delta)
             self._db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", (*delta.values(), job_id))
             # finished is set when the last active task ends, cleared when work comes back
-            self._db.execute(
-                "UPDATE jobs SET finished = CASE WHEN n_queued + n_running = 0 THEN COALESCE(finished, ?) "
-                "ELSE NULL END WHERE id = ?",
-                (now, job_id),
-            )
+            self._db.execute("UPDATE jobs SET finished = NULL WHERE id = ? AND n_queued + n_running > 0", (job_id,))
+            ended = self._db.execute(
+                "UPDATE jobs SET finished = ? WHERE id = ? AND finished IS NULL AND n_queued + n_running = 0 "
+                "RETURNING webhook", (now, job_id)).fetchone()
+            if ended is not None and ended[0]:
+                self._enqueue_webhook(job_id, ended[0], now)
         self._deltas.clear()
 
     def _moved(self, job_id: str, old: str, new: str, change: Change) -> None:
@@ -274,6 +275,12 @@ class StoreBase:
         d[new] += 1
         self.depth += (new == QUEUED) - (old == QUEUED)
         self.changes.append(change)
+
+    def _enqueue_webhook(self, job_id: str, url: str, now: float) -> None:
+        """The job ended: its webhook goes in the outbox, in the transaction that ended it."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO webhooks (job_id, url, state, attempts, next_at, first_at) "
+            "VALUES (?, ?, 'pending', 0, ?, ?)", (job_id, url, now, now))
 
     # ------------------------------------------------------------------ blob references
 

@@ -36,6 +36,7 @@ class Cleanup(StoreBase):
         self._db.execute("DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE job_id = ?)", (job_id,))
         self._db.execute("DELETE FROM tasks WHERE job_id = ?", (job_id,))
         self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        self._db.execute("DELETE FROM webhooks WHERE job_id = ?", (job_id,))
         self._db.execute("INSERT OR REPLACE INTO tombstones (job_id, tenant, deleted, reason) VALUES (?, ?, ?, ?)",
                          (job_id, tenant, self._clock(), reason))
         self.depth -= queued

@@ -184,6 +184,13 @@ class Reads(StoreBase):
         row = self._db.execute("SELECT failures FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row[0] if row else 0
 
+    def task_timing(self, task_id: int) -> tuple[float, float, float, str | None]:
+        """(created, started, finished, model) of a task's latest attempt."""
+        row = self._db.execute("SELECT t.created, COALESCE(t.started, t.created), COALESCE(t.finished, t.created), "
+                               "j.model FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
+                               (task_id,)).fetchone()
+        return (row[0], row[1], row[2], row[3]) if row else (0.0, 0.0, 0.0, None)
+
     def job_tenant(self, task_id: int) -> str | None:
         row = self._db.execute("SELECT j.tenant FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
                                (task_id,)).fetchone()

@@ -5,7 +5,7 @@ A database written by any older cutq opens with a newer one (v2 moved images out
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WAL_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL is truncated to this after each checkpoint
 
 MIGRATIONS: dict[int, str] = {
@@ -97,5 +97,20 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE jobs ADD COLUMN delayed INTEGER NOT NULL DEFAULT 1;
     UPDATE jobs SET first_task = (SELECT MIN(id) FROM tasks WHERE tasks.job_id = jobs.id);
     CREATE INDEX jobs_queued ON jobs(first_task) WHERE n_queued > 0;
+    """,
+    # webhooks: the URL a job calls when it ends, and an outbox that survives a restart
+    4: """
+    ALTER TABLE jobs ADD COLUMN webhook TEXT;
+    CREATE TABLE webhooks (
+        job_id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at REAL NOT NULL,
+        first_at REAL NOT NULL,
+        last_error TEXT,
+        delivered REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX webhooks_due ON webhooks(state, next_at);
     """,
 }

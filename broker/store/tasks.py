@@ -73,6 +73,7 @@ class TaskWrites(StoreBase):
         priority: int,
         use_cache: bool = True,
         model_files: Collection[str] | None = None,
+        webhook: str | None = None,
     ) -> tuple[str, list[QueuedTask], int]:
         """Insert a job and its tasks (uncommitted): (job id, queued tasks, tasks answered from the cache).
 
@@ -97,11 +98,13 @@ class TaskWrites(StoreBase):
         total, queued = len(names), len(names) - len(hits)
         self._db.execute(
             "INSERT INTO jobs (id, created, tenant, processor, options, model, priority, total, n_queued, n_done, "
-            "finished, delayed, first_task) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, (SELECT COALESCE(MAX(id), 0) + 1 FROM tasks))",
+            "finished, webhook, delayed, first_task) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, (SELECT COALESCE(MAX(id), 0) + 1 FROM tasks))",
             (job_id, now, tenant, processor, json.dumps(options), options.get("model"), priority,
-             total, queued, len(hits), now if queued == 0 else None),
+             total, queued, len(hits), now if queued == 0 else None, webhook),
         )
+        if queued == 0 and webhook:  # every task answered from the cache: the job ends now
+            self._enqueue_webhook(job_id, webhook, now)
         first = self._db.execute("SELECT first_task FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
         rows: list[tuple[Any, ...]] = []
         for i, (name, ref) in enumerate(zip(names, inputs, strict=True)):
