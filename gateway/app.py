@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import errors
 from gateway.auth import GatewayState
 from gateway.broker import BrokerPool
+from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.routes import events, jobs, results, system
 from gateway.settings import GatewaySettings, check_exposure
 from gateway.tokens import TokenStore
@@ -119,6 +120,9 @@ def create_app(settings: GatewaySettings, *, pool: BrokerPool | None = None,
                            expose_headers=["Retry-After", "Location"], max_age=600)
     for module in (jobs, results, events, system):
         app.include_router(module.router)
+    metrics = GatewayMetrics()
+    app.include_router(metrics.router())
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 

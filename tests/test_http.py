@@ -231,6 +231,16 @@ def test_queue_full_is_429_with_retry_after_and_a_big_body_is_413(cluster: Clust
     # once the queue has room again, the same submission is taken
     http.delete(f"/v1/jobs/{http.get('/v1/jobs').json()['jobs'][0]['job_id']}").raise_for_status()
     assert submit(http, [("two.png", TINY)], processor="noop").status_code == 202
+    # the gateway's own metrics saw all of it, by route template and status
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(http.get("/metrics").text) for s in f.samples}
+    posts = {dict(k[1])["status"]: v for k, v in samples.items()
+             if k[0] == "cutq_http_requests_total" and dict(k[1]).get("route") == "/v1/jobs"
+             and dict(k[1]).get("method") == "POST"}
+    assert posts.get("202") == 2 and posts.get("429") == 1 and posts.get("413") == 2, (posts, http.get("/metrics").text[:3000])
+    assert samples[("cutq_http_request_seconds_count", (("method", "DELETE"), ("route", "/v1/jobs/{job_id}")))] == 1
 
 
 # ---------------------------------------------------------------- who sees what
