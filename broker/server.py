@@ -103,6 +103,7 @@ class Broker:
         self._writes_resume_at = 0.0  # after a storage error: no writes before this (monotonic)
         self._write_backoff = 0.0
         self._redo: list[Callable[[], None]] = []  # writes of a rolled-back turn, to make again
+        self._unreachable: dict[bytes, str] = {}  # workers a send failed to reach: judged next turn
         self._next_retention = self._next_maintenance = self._next_checkpoint = 0.0
         recovered = self.core.load()
         if recovered:
@@ -171,6 +172,7 @@ class Broker:
                 self._write_again()
             core.blobio.run_finished()
             self._read_messages()
+            self._lose_unreachable()
             if self.keyring and self.keyring.version != self._keys_version:
                 self._drop_revoked()
                 self._keys_version = self.keyring.version
@@ -194,6 +196,14 @@ class Broker:
             events.publish(core, changes, out.worker_events, self._send)
         self._timers(now)
         self.notifier.watchdog(now)
+
+    def _lose_unreachable(self) -> None:
+        """Workers a send could not reach last turn and that did not say goodbye since: gone."""
+        unreachable, self._unreachable = self._unreachable, {}
+        for ident, why in unreachable.items():
+            w = self.core.registry.get_alive(ident)
+            if w is not None:
+                self.core.lose_worker(w, f"unreachable ({why})")
 
     def _write_again(self) -> None:
         """What a rolled-back turn or a failed blob write left to do."""
@@ -336,7 +346,10 @@ class Broker:
         except zmq.ZMQError as e:  # EHOSTUNREACH (peer gone) or EAGAIN (peer's queue full)
             w = self.core.registry.get_alive(ident)
             if w is not None:
-                self.core.lose_worker(w, f"unreachable ({e.strerror})")
+                # judged next turn, after reading what it sent before it went: a worker that
+                # left cleanly has a GOODBYE waiting in the socket, and its tasks go back unspent
+                w.draining = True
+                self._unreachable[ident] = e.strerror
             return False
 
     def _send_outbox(self, out: Outbox) -> None:
