@@ -16,7 +16,7 @@ from typing import Any
 
 from broker import access, views
 from broker.blobio import describe
-from broker.core import Core, Upload
+from broker.core import Core, Upload, needed_model, serves
 from broker.keys import Principal
 from broker.rates import eta
 from broker.registry import Subscription
@@ -88,7 +88,7 @@ class ClientHandlers:
         return self.core.rates.rate(now_s) / active
 
     def _announced_models(self) -> set[str]:
-        return {m for w in self.core.registry.alive() for m in w.models}
+        return {m for w in self.core.registry.alive() for m in serves(w)}
 
     # ------------------------------------------------------------------ submit
 
@@ -178,11 +178,14 @@ class ClientHandlers:
             names=names, inputs=refs, processor=msg.processor, options=options, tenant=tenant,
             priority=msg.priority, use_cache=not msg.no_cache, model_files=model_files, webhook=msg.webhook,
         )
+        model = needed_model(msg.processor, options)
         for t in tasks:
-            core.scheduler.push(t.task_id, t.tenant, t.priority)
+            core.scheduler.push(t.task_id, t.tenant, t.priority, model=model)
         if core.metrics is not None:
             core.metrics.submitted.labels(tenant).inc(len(names))
-        core.out.reply(ident, msg, job_id=job_id, tasks=[t.task_id for t in tasks], cached=cached)
+        extra = {"warning": views.unserved_warning(core, model)} if tasks and model is not None else {}
+        core.out.reply(ident, msg, job_id=job_id, tasks=[t.task_id for t in tasks], cached=cached,
+                       **{k: v for k, v in extra.items() if v})
 
     def _model_files(self, model: Any) -> set[str] | None:
         """Weights digests live workers announce for `model` (None: no worker says, accept any)."""
@@ -258,7 +261,7 @@ class ClientHandlers:
             for t in job["tasks"]:
                 if t["state"] == TaskState.FAILED or t["worker_deaths"] or t["failures"]:
                     t["history"] = store.task_attempts(t["task_id"])
-        job["position"], job["eta_s"] = None, None
+        job["position"], job["eta_s"], job["waiting"] = None, None, None
         hook = store.webhook(msg.job_id)
         if hook is not None:
             job["webhook"] = {k: hook[k] for k in ("url", "state", "attempts", "last_error", "delivered")}
@@ -269,6 +272,7 @@ class ClientHandlers:
             ahead = self.core.scheduler.ahead(job["tenant"], first, job["priority"])
             job["position"] = ahead
             job["eta_s"] = eta(ahead + job["queued"], self._tenant_rate(job["tenant"], who))
+            job["waiting"] = views.job_waiting(self.core, job)
         self.core.out.reply(ident, msg, **job)
 
     def list_jobs(self, ident: bytes, msg: p.ListJobs, who: Principal) -> None:
@@ -360,11 +364,13 @@ class ClientHandlers:
         core.out.reply(ident, msg, cancelled=len(cancelled))
 
     def retry(self, ident: bytes, msg: p.Retry, who: Principal) -> None:
-        if self._job_or_error(ident, msg, msg.job_id, who) is None:
+        job = self._job_or_error(ident, msg, msg.job_id, who)
+        if job is None:
             return
         requeued = self.core.store.retry(msg.job_id, msg.task_ids)
+        model = needed_model(job["processor"], model=job["model"])
         for t in requeued:
-            self.core.scheduler.push(t.task_id, t.tenant, t.priority)
+            self.core.scheduler.push(t.task_id, t.tenant, t.priority, model=model)
         self.core.out.reply(ident, msg, requeued=len(requeued))
 
     def subscribe(self, ident: bytes, msg: p.Subscribe, who: Principal) -> None:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from broker.blobio import BlobIO
 from broker.blobs import BlobStore
@@ -23,7 +23,7 @@ from broker.outbox import Outbox
 from broker.rates import Throughput
 from broker.registry import Registry, WorkerRecord
 from broker.scheduler import Scheduler, TenantPolicy
-from broker.store import BlobRef, Store
+from broker.store import MODEL_PROCESSORS, BlobRef, Claimed, Store
 from shared.config import BrokerConfig
 from shared.states import TaskState
 
@@ -31,6 +31,20 @@ if TYPE_CHECKING:
     from broker.metrics import Metrics
 
 log = logging.getLogger("cutq.broker")
+
+
+def needed_model(processor: str, options: dict[str, Any] | None = None, model: Any = None) -> str | None:
+    """The model a task needs on its worker: a rembg task's (from its options or the job's `model`
+    column); None for processors that need none (noop, sleep)."""
+    if processor not in MODEL_PROCESSORS:
+        return None
+    found = (options or {}).get("model", model)
+    return str(found) if found is not None else None
+
+
+def serves(w: WorkerRecord) -> frozenset[str]:
+    """Models `w` can run: weights in its model dir (`model_files`) or loaded (`models`)."""
+    return frozenset(w.model_files).union(w.models)
 
 
 @dataclass
@@ -152,7 +166,8 @@ class Core:
         job_id = self.store.task_job(task_id)
         job = self.store.job(job_id) if job_id else None
         if job is not None:
-            self.scheduler.push(task_id, job["tenant"], job["priority"], not_before, self.wall())
+            self.scheduler.push(task_id, job["tenant"], job["priority"], not_before, self.wall(),
+                                needed_model(job["processor"], model=job["model"]))
 
     def release(self, w: WorkerRecord, task_id: int) -> str | None:
         """The task no longer runs on `w`; returns its tenant."""
@@ -245,41 +260,64 @@ class Core:
     # ------------------------------------------------------------------ dispatch
 
     def dispatch(self) -> None:
-        """Claim queued tasks for free slots, largest free first, fairly across tenants."""
-        if not self.scheduler.ready():
+        """Claim queued tasks for free slots, largest free first, fairly across tenants.
+
+        A task that needs a model goes only to a worker that serves it; first to one that
+        has it loaded (or to any that serves it when no live worker has it loaded), then,
+        with the slots still free, to any worker that serves it.  The scheduler pops only
+        tasks the asking worker can run, so an unservable task stays queued in its place."""
+        sched = self.scheduler
+        if not sched.ready():
             return
         workers = sorted((w for w in self.registry.alive() if w.free > 0), key=lambda w: -w.free)
+        if not workers:
+            return
         now = self.clock()
-        while workers and self.scheduler.ready():
+        running = Counter(self.running_tenant.values())
+        if not sched.needs_models():  # every queued task runs anywhere: no filter
+            self._fill([(w, None) for w in workers], now, running)
+            return
+        loaded = {m for w in self.registry.alive() if not w.draining for m in w.models}
+        able = [(w, serves(w)) for w in workers]
+        self._fill([(w, frozenset(w.models).union(can - loaded)) for w, can in able], now, running)
+        self._fill([(w, can) for w, can in able if w.free > 0], now, running)
+
+    def _fill(self, offers: list[tuple[WorkerRecord, frozenset[str] | None]], now: float,
+              running: Counter[str]) -> None:
+        """Pop for each worker what it may take (`None`: anything) until slots or tasks run out."""
+        batch = self.config.dispatch_batch
+        while offers and self.scheduler.ready():
             progressed = False
-            running = Counter(self.running_tenant.values())
-            for w in workers:
-                want = min(w.free, self.config.dispatch_batch)
-                if want <= 0:
-                    continue
-                picked = self.scheduler.pop(want, now, running)
-                if not picked:
-                    break
-                tenant_of = dict(picked)
-                worker_id = w.ident.decode(errors="replace")
-                sending = []
-                for c in self.store.claim([tid for tid, _ in picked], worker_id):
-                    try:  # a read-only map: ZeroMQ sends it without the loop copying the image
-                        data = self.blobs.get(c.input_digest)
-                    except (OSError, ValueError) as e:
-                        self.store.fail(c.task_id, c.attempt, worker_id, f"input image is missing: {e}",
-                                        retry_at=None)
-                        continue
-                    w.running[c.task_id] = c.attempt
-                    self.running_tenant[c.task_id] = tenant_of[c.task_id]
-                    running[tenant_of[c.task_id]] += 1
-                    sending.append((c, data))
-                if sending:
-                    self.out.dispatches.append((w, sending))
+            for w, models in offers:
+                want = min(w.free, batch)
+                picked = self.scheduler.pop(want, now, running, models) if want > 0 else []
+                if picked:
                     progressed = True
-            workers = [w for w in workers if w.free > 0]
+                    self._send_to(w, picked, running)
+            offers = [(w, m) for w, m in offers if w.free > 0]
             if not progressed:
                 break
+
+    def _send_to(self, w: WorkerRecord, picked: list[tuple[int, str]], running: Counter[str]) -> None:
+        """Claim `picked` for `w` and put them in its next Dispatch (those still queued)."""
+        tenant_of = dict(picked)
+        worker_id = w.ident.decode(errors="replace")
+        sending: list[tuple[Claimed, Any]] = []
+        for c in self.store.claim([tid for tid, _ in picked], worker_id):
+            try:  # a read-only map: ZeroMQ sends it without the loop copying the image
+                data = self.blobs.get(c.input_digest)
+            except (OSError, ValueError) as e:
+                self.store.fail(c.task_id, c.attempt, worker_id, f"input image is missing: {e}", retry_at=None)
+                continue
+            w.running[c.task_id] = c.attempt
+            self.running_tenant[c.task_id] = tenant_of[c.task_id]
+            running[tenant_of[c.task_id]] += 1
+            model = needed_model(c.processor, c.options)
+            if model is not None and model not in w.models:
+                w.models.append(model)  # a slot loads it for this task: prefer this worker for its like
+            sending.append((c, data))
+        if sending:
+            self.out.dispatches.append((w, sending))
 
 
 def _duration(seconds: float) -> str:

@@ -28,6 +28,8 @@ class QueuedRunLike(Protocol):
     def first(self) -> int: ...
     @property
     def count(self) -> int: ...
+    @property
+    def model(self) -> str | None: ...
 
     def tasks(self) -> list[tuple[int, float]]: ...
 
@@ -109,6 +111,8 @@ class TenantQueue:
         self._n += 1
 
     def extend(self, task_ids: range, priority: int) -> None:
+        if not task_ids:
+            return
         q = self._by_priority.get(priority)
         if q is None:
             q = self._by_priority[priority] = SortedIds()
@@ -117,15 +121,21 @@ class TenantQueue:
 
     def pop(self) -> int:
         """The next task to dispatch (IndexError when empty)."""
-        for priority in sorted(self._by_priority, reverse=True):
-            q = self._by_priority[priority]
-            if len(q):
-                self._n -= 1
-                task_id = q.pop()
-                if not len(q):
-                    del self._by_priority[priority]
-                return task_id
-        raise IndexError("pop from an empty queue")
+        if not self._n:
+            raise IndexError("pop from an empty queue")
+        priority = max(self._by_priority)  # emptied priorities are deleted: every one here has ids
+        q = self._by_priority[priority]
+        self._n -= 1
+        task_id = q.pop()
+        if not len(q):
+            del self._by_priority[priority]
+        return task_id
+
+    def head(self) -> tuple[int, int]:
+        """(-priority, task_id) of the next task: the smallest goes first across queues."""
+        priority = max(self._by_priority)
+        q = self._by_priority[priority]
+        return -priority, q.ids[q.head]
 
     def ahead(self, task_id: int, priority: int) -> int:
         """Queued tasks that go before `task_id` (of `priority`)."""

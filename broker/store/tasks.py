@@ -38,6 +38,7 @@ class QueuedRun:
     first: int
     count: int  # > 0: every task is queued with no delay, ids first..first+count-1; 0: ask tasks()
     store: Any
+    model: str | None = None  # the model its tasks need (rembg), None: any worker
 
     def tasks(self) -> list[tuple[int, float]]:
         """(task_id, not_before) of each queued task."""
@@ -48,6 +49,9 @@ class QueuedRun:
 
 # processors whose results are worth reusing: same input, options and model file, same pixels
 CACHED_PROCESSORS = frozenset({"rembg"})
+# processors whose tasks need their model's weights on the worker (broker/scheduler.py)
+MODEL_PROCESSORS = frozenset({"rembg"})
+_MODEL_PROCESSORS = ", ".join(f"'{p}'" for p in sorted(MODEL_PROCESSORS))
 
 
 def cache_key(tenant: str, input_digest: str, processor: str, options: dict[str, Any]) -> str:
@@ -299,11 +303,12 @@ class TaskWrites(StoreBase):
     def queued_runs(self) -> Iterator[QueuedRun]:
         """Each job with queued tasks, in submission order: what the scheduler is rebuilt from."""
         rows = self._db.execute(
-            "SELECT id, tenant, priority, first_task, total, n_queued, delayed FROM jobs INDEXED BY jobs_queued "
-            "WHERE n_queued > 0 ORDER BY first_task")
-        for job_id, tenant, priority, first, total, queued, delayed in rows:
+            "SELECT id, tenant, priority, first_task, total, n_queued, delayed, "
+            f"CASE WHEN processor IN ({_MODEL_PROCESSORS}) THEN model END "
+            "FROM jobs INDEXED BY jobs_queued WHERE n_queued > 0 ORDER BY first_task")
+        for job_id, tenant, priority, first, total, queued, delayed, model in rows:
             whole = queued == total and not delayed
-            yield QueuedRun(job_id, tenant, priority, first, total if whole else 0, self)
+            yield QueuedRun(job_id, tenant, priority, first, total if whole else 0, self, model)
 
     def queued_of(self, job_id: str) -> list[tuple[int, float]]:
         """(task_id, not_before) of a job's queued tasks, in id order."""
