@@ -1,8 +1,10 @@
-"""The cutq dashboard app: wires the feed's Messages to the screens, and runs actions.
+"""The cutq dashboard app: wires the feed's Messages to the screens.
 
 `run(endpoint)` is the entry point (`cutq tui`).  The app never talks to the broker
 itself: live data comes from a `tui.feed.Feed` thread, and actions (submit, cancel,
-retry, fetch, pause) run in worker threads, each on its own client connection.
+retry, delete, purge, fetch, pause: `tui.actions`) run in worker threads, each on its
+own client connection.  Every panel is redrawn from the same batch of the feed, so the
+numbers on screen always belong to one moment of the broker.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import Screen
 
-from shared.client import CutqError
 from shared.config import default_endpoint
+from tui.actions import Actions
+from tui.commands import commands
 from tui.feed import Feed, broker_feed
 from tui.messages import (
     Connected,
@@ -34,12 +36,11 @@ from tui.messages import (
     StatsUpdated,
     WorkersLoaded,
 )
-from tui.model import JOB_FILTERS, JobsQuery, WorkerBook, merge_job
-from tui.screens.confirm import ConfirmScreen
+from tui.model import COUNT_KEYS, LIVE, JobsQuery, Throughput, WorkerBook, merge_job
+from tui.screens.help import HelpScreen
 from tui.screens.job_detail import JobDetailScreen
 from tui.screens.overview import OverviewScreen
-from tui.screens.prompt import FolderPromptScreen
-from tui.screens.submit import SubmitRequest, SubmitScreen
+from tui.screens.worker_detail import WorkerDetailScreen
 from tui.widgets.status_bar import Connection
 
 log = logging.getLogger(__name__)
@@ -59,18 +60,19 @@ def _widgets_may_be_gone(handler: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
-class CutqApp(App):
+class CutqApp(Actions, App):
     """The dashboard.  `feed` supplies the data; `clock` is wall time (frozen in tests)."""
 
     CSS_PATH = Path(__file__).with_name("cutq.tcss")  # absolute: subclasses may live elsewhere
     TITLE = "cutq"
-    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (36, "-tall")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-slim"), (70, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-tiny"), (24, "-short"), (36, "-tall")]
     BINDINGS = [
+        Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
-        Binding("p", "pause", "Pause"),
-        Binding("p", "resume", "Resume"),
-        Binding("ctrl+r", "resync", "Reload", show=False),
+        Binding("p", "pause", "Pause", tooltip="Pause dispatch: running tasks finish, no new ones start"),
+        Binding("p", "resume", "Resume", tooltip="Resume dispatch"),
+        Binding("ctrl+r", "resync", "Reload", show=False, tooltip="Reload everything from the broker now"),
     ]
 
     def __init__(self, feed: Feed, *, clock: Callable[[], float] = time.time, page_size: int = 100) -> None:
@@ -79,8 +81,13 @@ class CutqApp(App):
         self.clock = clock
         self.conn = Connection(endpoint=feed.label)
         self.stats: dict[str, Any] = {}
+        self.counts_delta: dict[str, int] = {}  # job events since the last stats (see Coalescer)
+        self.throughput = Throughput()  # tasks/s kept by this client: an hour, across broker restarts
+        self.chart_span = "2m"  # the overview chart: "2m" (per second) or "1h" (per minute)
         self.worker_book = WorkerBook()
-        self.jobs_query = JobsQuery(limit=page_size)
+        self.started_at = clock()  # what this client saw starts here (its charts are blank before)
+        self.jobs_query = JobsQuery(limit=page_size)  # what the user asked for
+        self.shown_query = self.jobs_query  # what the page on screen answers
         self.jobs_total = 0
         self.jobs_page: list[dict] = []
         self.batch_ms: deque[float] = deque(maxlen=100_000)  # time to apply each FeedBatch (bench)
@@ -107,6 +114,30 @@ class CutqApp(App):
 
     def detail_screens(self) -> list[JobDetailScreen]:
         return [s for s in self.screen_stack if isinstance(s, JobDetailScreen)]
+
+    def worker_screens(self) -> list[WorkerDetailScreen]:
+        return [s for s in self.screen_stack if isinstance(s, WorkerDetailScreen)]
+
+    def stats_view(self) -> dict[str, Any]:
+        """The stats as the overview shows them: counts moved on by the job events since the broker's
+        last stats, workers and slots from the workers table, and the chart the user chose."""
+        view = dict(self.stats)
+        for key in COUNT_KEYS:
+            if key in view or key in self.counts_delta:
+                view[key] = max(0, int(view.get(key) or 0) + self.counts_delta.get(key, 0))
+        if "queued" in view:
+            view["queue_depth"] = view["queued"]
+        if self.worker_book.workers:
+            live = [w for w in self.worker_book.workers.values() if w.get("state") in LIVE]
+            busy, slots = self.worker_book.capacity()
+            view.update(slots_used=busy, slots_total=slots, workers_total=sum(int(w.get("count") or 1) for w in live),
+                        workers_busy=sum(1 for w in live if int(w.get("busy") or 0)))
+        now = self.clock()
+        if self.chart_span == "1h":
+            view["chart"], view["chart_label"] = self.throughput.minutes(now), "last hour, per minute"
+        else:
+            view["chart"], view["chart_label"] = self.throughput.seconds(now), "last 2m, per second"
+        return view
 
     @_widgets_may_be_gone
     def _tick(self) -> None:
@@ -149,26 +180,39 @@ class CutqApp(App):
     def on_stats_updated(self, message: StatsUpdated) -> None:
         self._set_stats(message.stats)
 
-    def _set_stats(self, stats: dict) -> None:
+    def _set_stats(self, stats: dict, delta: dict[str, int] | None = None) -> None:
         self.stats = stats
+        self.counts_delta = dict(delta or {})
+        self.throughput.merge(stats.get("history"), float(stats.get("t") or self.clock()))
         self.loaded.add("stats")
         paused = bool(stats.get("paused"))
         if paused != self.conn.paused:
             self.conn.paused = paused
             self.refresh_bindings()  # the footer's p: Pause <-> Resume
         self.conn.last_data = self.clock()
-        self.overview.show_stats(stats)
+        self.overview.show_stats()
 
     @_widgets_may_be_gone
     def on_workers_loaded(self, message: WorkersLoaded) -> None:
         self.worker_book.load(message.workers)
         self.loaded.add("workers")
+        self._workers_changed()
+
+    def _workers_changed(self) -> None:
         self.overview.show_workers()
+        self.overview.query_one("#stats").update(self.stats_view())  # type: ignore[attr-defined]
+        for screen in self.worker_screens():
+            screen.show()
 
     @_widgets_may_be_gone
     def on_jobs_page(self, message: JobsPage) -> None:
         if message.query != self.jobs_query:
             return  # the user has moved on; the page for the new query is coming
+        clamped = message.query.clamped(message.total)
+        if clamped != message.query:  # jobs went (deleted, purged): the page is past the end now
+            self.set_jobs_query(clamped)
+            return
+        self.shown_query = message.query
         self.jobs_total = message.total
         self.jobs_page = message.jobs
         self.loaded.add("jobs")
@@ -192,10 +236,13 @@ class CutqApp(App):
             self.events_seen += message.received
             self.conn.last_data = self.clock()
             if message.stats is not None:
-                self._set_stats(message.stats)
+                self._set_stats(message.stats, message.counts_delta)
+            elif message.counts_delta != self.counts_delta:
+                self.counts_delta = dict(message.counts_delta)
+                self.overview.query_one("#stats").update(self.stats_view())  # type: ignore[attr-defined]
             overview = self.overview
             if self.worker_book.apply(message.events):
-                overview.show_workers()
+                self._workers_changed()
             if message.jobs and overview.ready:
                 table_jobs = overview.query_one("#jobs").jobs  # type: ignore[attr-defined]
                 merged = {jid: merge_job(table_jobs[jid], ev) for jid, ev in message.jobs.items() if jid in table_jobs}
@@ -215,11 +262,25 @@ class CutqApp(App):
         self.overview.refresh_jobs_title()
 
     def open_job(self, job: dict) -> None:
-        if isinstance(self.screen, JobDetailScreen):
+        while isinstance(self.screen, (JobDetailScreen, WorkerDetailScreen)):
             self.pop_screen()
         self.push_screen(JobDetailScreen(job))
 
-    # ------------------------------------------------------------------ actions
+    def open_worker(self, name: str) -> None:
+        while isinstance(self.screen, (JobDetailScreen, WorkerDetailScreen)):
+            self.pop_screen()
+        self.push_screen(WorkerDetailScreen(name))
+
+    def jobs_deleted(self, job_ids: list[str]) -> None:
+        """After a delete or purge: reload the page (the broker sends no event for a deleted job)
+        and leave the detail of a job that is gone."""
+        self.overview.jobs_done(job_ids)
+        self.feed.query_jobs(self.jobs_query)
+        for detail in self.detail_screens():
+            if detail.job_id in job_ids and detail is self.screen:
+                self.pop_screen()
+
+    # ------------------------------------------------------------------ app-wide actions
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "pause":
@@ -228,134 +289,25 @@ class CutqApp(App):
             return bool(self.stats.get("paused"))
         return True
 
-    def action_submit(self) -> None:
-        models = sorted({m for w in self.worker_book.workers.values() for m in (w.get("models") or [])})
-        processors = sorted({p for w in self.worker_book.workers.values() for p in (w.get("processors") or [])})
-
-        def done(req: SubmitRequest | None) -> None:
-            if req is not None:
-                self._submit(req)
-
-        self.push_screen(SubmitScreen(models=models, processors=processors), done)
-
-    @work(thread=True, group="actions")
-    def _submit(self, req: SubmitRequest) -> None:
-        self._notify_from_thread(f"Uploading {', '.join(req.paths)[:60]}…", timeout=2)
-        try:
-            job_id = self.feed.call("submit_paths", req.paths, processor=req.processor, options=req.options,
-                                    priority=req.priority)
-        except CutqError as e:
-            self._notify_from_thread(f"Submit failed: {e}", severity="error")
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
             return
-        self._notify_from_thread(f"Submitted job {job_id}")
+        title = {"overview": "overview", "detail": "job", "worker": "worker"}.get(self.screen.id or "", "this screen")
+        self.push_screen(HelpScreen(self.screen, title))
 
-    def cancel_job(self, job: dict, task_ids: list[int] | None = None) -> None:
-        jid = job["job_id"]
-        if task_ids is not None and not task_ids:
-            self.notify("None of the marked tasks is queued or running.", severity="warning")
-            return
-        what = f"{len(task_ids)} marked task{'s' * (len(task_ids) != 1)} of job {jid}" if task_ids \
-            else f"every queued and running task of job {jid}"
-        active = int(job.get("queued") or 0) + int(job.get("running") or 0)
-        if task_ids is None and active == 0:
-            self.notify(f"Job {jid} has nothing left to cancel.", severity="warning")
-            return
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self._call("cancel", jid, task_ids, done=lambda r: f"Cancelled {r.get('cancelled', 0)} "
-                                                                 f"task(s) of job {jid}")
-
-        self.push_screen(ConfirmScreen("Cancel", f"Cancel {what}?\n\nRunning tasks are stopped and their work is "
-                                                 f"lost. You can retry them later.", yes="Cancel tasks"), answer)
-
-    def retry_job(self, job: dict, task_ids: list[int] | None = None) -> None:
-        jid = job["job_id"]
-        if task_ids is not None and not task_ids:
-            self.notify("None of the marked tasks has failed or was cancelled.", severity="warning")
-            return
-        if task_ids is None and not int(job.get("failed") or 0) + int(job.get("cancelled") or 0):
-            self.notify(f"Job {jid} has no failed or cancelled tasks to retry.", severity="warning")
-            return
-        self._call("retry", jid, task_ids, done=lambda r: f"Re-queued {r.get('requeued', 0)} task(s) of job {jid}")
-
-    def fetch_job(self, job: dict) -> None:
-        jid = job["job_id"]
-        if not int(job.get("done") or 0):
-            self.notify(f"Job {jid} has no finished results yet.", severity="warning")
-            return
-
-        def chosen(folder: str | None) -> None:
-            if folder:
-                self._call("fetch", jid, folder, done=lambda paths: f"Wrote {len(paths)} file(s) to {folder}")
-
-        self.push_screen(FolderPromptScreen("Fetch results", f"Write the results of job {jid} to this folder:",
-                                            default=f"./cutq-results/{jid}", ok="Fetch"), chosen)
-
-    def action_pause(self) -> None:
-        self._call("pause", True, done=lambda r: "Dispatch paused: running tasks finish, no new ones start")
-
-    def action_resume(self) -> None:
-        self._call("pause", False, done=lambda r: "Dispatch resumed")
+    def action_chart_span(self) -> None:
+        self.chart_span = "1h" if self.chart_span == "2m" else "2m"
+        self.overview.refresh_all()
 
     def action_resync(self) -> None:
         self.feed.resync()
         self.notify("Reloading from the broker…", timeout=2)
 
-    @work(thread=True, group="actions")
-    def _call(self, method: str, *args: Any, done: Callable[[Any], str]) -> None:
-        """Run one client call off the UI thread and report the outcome as a toast."""
-        try:
-            result = self.feed.call(method, *args)
-        except CutqError as e:
-            self._notify_from_thread(f"{method} failed: {e}", severity="error")
-            return
-        self._notify_from_thread(done(result))
-
-    def _notify_from_thread(self, text: str, severity: str = "information", timeout: float = 4) -> None:
-        self.call_from_thread(self.notify, text, severity=severity, timeout=timeout)  # type: ignore[arg-type]
-
     # ------------------------------------------------------------------ command palette
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("Submit images", "Submit a file or a folder of images as a job (s)", self.action_submit)
-        if self.stats.get("paused"):
-            yield SystemCommand("Resume dispatch", "Let the broker hand out tasks again (p)", self.action_resume)
-        else:
-            yield SystemCommand("Pause dispatch", "Stop handing out new tasks; running ones finish (p)",
-                                self.action_pause)
-        yield SystemCommand("Reload", "Reload everything from the broker now (ctrl+r)", self.action_resync)
-        if isinstance(screen, OverviewScreen):
-            for state in JOB_FILTERS:
-                label = state or "all"
-                yield SystemCommand(f"Show {label} jobs", f"Filter the jobs table: {label}",
-                                    lambda s=state: screen.set_filter(s))
-            yield SystemCommand("Search jobs", "By job id prefix or file name (/)", screen.action_search)
-            yield SystemCommand("Sort jobs", "Cycle the sort order of this page (o)", screen.action_cycle_sort)
-            yield SystemCommand("Next page of jobs", "(])", lambda: screen.action_page(1))
-            yield SystemCommand("Previous page of jobs", "([)", lambda: screen.action_page(-1))
-            job = screen.selected_job()
-            if job is not None:
-                jid = job["job_id"]
-                yield SystemCommand(f"Open job {jid}", "Tasks, errors and previews (enter)",
-                                    lambda: self.open_job(job))
-                yield SystemCommand(f"Cancel job {jid}", "Cancel its queued and running tasks (c)",
-                                    lambda: self.cancel_job(job))
-                yield SystemCommand(f"Retry job {jid}", "Re-queue its failed and cancelled tasks (r)",
-                                    lambda: self.retry_job(job))
-                yield SystemCommand(f"Fetch results of job {jid}", "Write its results to a folder (f)",
-                                    lambda: self.fetch_job(job))
-        if isinstance(screen, JobDetailScreen):
-            yield SystemCommand("Back to the overview", "(esc)", screen.action_back)
-            yield SystemCommand("Cancel tasks", "The marked tasks, or the whole job (c)", screen.action_cancel)
-            yield SystemCommand("Retry tasks", "The marked tasks, or every failed one (r)", screen.action_retry)
-            yield SystemCommand("Mark failed tasks", "Mark every failed task (a)", screen.action_mark_failed)
-            yield SystemCommand("Filter tasks", "Cycle: all, failed, running, queued, done, cancelled (t)",
-                                screen.action_cycle_filter)
-            yield SystemCommand("Fetch results", "Write this job's results to a folder (f)", screen.action_fetch)
-            yield SystemCommand("Toggle preview", "Show or hide the before/after preview (v)",
-                                screen.action_toggle_preview)
+        yield from commands(self, screen)
 
 
 def run(endpoint: str | None = None) -> None:
@@ -363,5 +315,17 @@ def run(endpoint: str | None = None) -> None:
     from tui.widgets.preview import detect_graphics
 
     detect_graphics()  # must query the terminal before Textual takes it over
+    quiet_logs()
     app = CutqApp(broker_feed(endpoint or default_endpoint()))
     app.run()
+
+
+def quiet_logs() -> None:
+    """Nothing of ours reaches the terminal: not over the screen while the app runs, nor into the
+    shell after it quits (the feed thread may still be ending).  A program that set up logging
+    keeps its handlers."""
+    if not logging.getLogger().handlers:
+        for name in ("tui", "shared"):
+            logger = logging.getLogger(name)
+            logger.addHandler(logging.NullHandler())
+            logger.propagate = False

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import zmq
 from textual.message import Message
 
+from shared import protocol as p
 from shared.client import BrokerUnavailable, Client, CutqError
 from tui.messages import (
     Connected,
@@ -43,7 +44,7 @@ from tui.messages import (
     StatsUpdated,
     WorkersLoaded,
 )
-from tui.model import JobsQuery
+from tui.model import COUNT_KEYS, JobsQuery
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,13 @@ log = logging.getLogger(__name__)
 class FeedConfig:
     """Timings of the feed thread."""
 
-    request_timeout: float = 5.0  # a load that takes longer means the broker is gone
+    request_timeout: float = 2.0  # a load that takes longer means the broker is gone
     action_timeout: float = 15.0
     flush_interval: float = 0.1  # at most ~10 batches a second reach the UI
-    silence_probe: float = 3.0  # no event (stats come every second) this long: probe the broker
+    # Stats come every second: after this much silence, ask the broker with a short wait, so a
+    # dead broker shows as such within silence_probe + probe_timeout (2 s)
+    silence_probe: float = 1.25
+    probe_timeout: float = 0.75
     backoff_initial: float = 0.5
     backoff_max: float = 8.0
     jobs_reload_min: float = 1.0  # spacing of page reloads triggered by new jobs
@@ -67,20 +71,88 @@ class Source(Protocol):
     """What the feed needs from a connection: the subset of `shared.client.Client` it calls."""
 
     def stats(self) -> dict[str, Any]: ...
+    def probe(self, timeout: float) -> None: ...
     def workers(self) -> list[dict[str, Any]]: ...
     def list_jobs(self, state: str | None = None, *, search: str | None = None, limit: int = 50,
-                  offset: int = 0) -> dict[str, Any]: ...
+                  offset: int = 0, sort: str = "created", descending: bool = True) -> dict[str, Any]: ...
     def status(self, job_id: str, *, tasks: bool = True) -> dict[str, Any]: ...
     def subscribe(self, job_id: str | None = None, ttl: float = 10.0) -> None: ...
     def next_events(self, timeout: float) -> list[dict]: ...
     def close(self) -> None: ...
 
 
+class BrokerSource(Client):
+    """The client library plus the few requests the dashboard makes that it has no call for
+    (sorted job lists, a probe with its own short wait, a job's running tasks)."""
+
+    def list_jobs(self, state: str | None = None, *, search: str | None = None, limit: int = 50,
+                  offset: int = 0, sort: str = "created", descending: bool = True) -> dict[str, Any]:
+        return self._request(p.ListJobs(req=0, state=state, search=search, limit=limit, offset=offset, sort=sort,
+                                        descending=descending)).data
+
+    def probe(self, timeout: float) -> None:
+        """Raises BrokerUnavailable unless the broker answers within `timeout` seconds."""
+        self._request(p.Stats(req=0), timeout=timeout)
+
+    def running_tasks(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The job's running tasks (with their file names and workers)."""
+        data = self._request(p.Status(req=0, job_id=job_id, task_state="running", task_limit=limit)).data
+        return list(data.get("tasks") or [])
+
+    def worker_tasks(self, worker_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
+        """The tasks `worker_id` runs now, with job and file names: from the jobs named (those the
+        event stream said), else from every job with running tasks."""
+        return worker_tasks(self, worker_id, job_ids)
+
+    def task_ids(self, job_id: str, state: str) -> list[int]:
+        data = self._request(p.Status(req=0, job_id=job_id, task_state=state)).data
+        return [int(t["task_id"]) for t in data.get("tasks") or []]
+
+    def retry_failed(self, job_id: str) -> dict[str, Any]:
+        """Re-queue every failed task of a job (not the cancelled ones: Retry without ids takes both)."""
+        return retry_failed(self, job_id)
+
+
+def retry_failed(source: Any, job_id: str, chunk: int = 5000) -> dict[str, Any]:
+    """See BrokerSource.retry_failed; shared with the in-memory source."""
+    ids = source.task_ids(job_id, "failed")
+    requeued = 0
+    for i in range(0, len(ids), chunk):
+        requeued += int(source.retry(job_id, ids[i:i + chunk]).get("requeued") or 0)
+    return {"requeued": requeued}
+
+
+def worker_tasks(source: Any, worker_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
+    """See BrokerSource.worker_tasks; shared with the in-memory source."""
+    jobs = list(dict.fromkeys(job_ids))
+    if not jobs:
+        page = source.list_jobs("running", limit=200)
+        jobs = [j["job_id"] for j in page.get("jobs") or [] if j.get("running")]
+    out: list[dict[str, Any]] = []
+    for job_id in jobs:
+        try:
+            tasks = source.running_tasks(job_id)
+        except BrokerUnavailable:
+            raise
+        except CutqError:  # the job went meanwhile
+            continue
+        out += [t for t in tasks if str(t.get("worker")) == worker_id]
+    return out
+
+
 class Coalescer:
     """Folds broker events into the next batch: latest job event per job, latest task
-    event per task, worker events kept in order, the latest stats."""
+    event per task, worker events kept in order, the latest stats.
+
+    It also keeps the overview's counts in step with the job rows: the broker sends stats
+    once a second but job events at every turn, so between two stats the batch carries
+    `counts_delta`, what the job events since the last stats changed (each job event holds
+    the job's counts; the change is new minus the last counts seen for that job).
+    """
 
     def __init__(self) -> None:
+        self.known: dict[str, dict[str, int]] = {}  # job id -> its counts in the last event
+        self.delta: dict[str, int] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -101,9 +173,11 @@ class Coalescer:
             kind = ev.get("kind")
             if kind == "stats":
                 self.stats = ev
+                self.delta = {}
             elif kind == "job" and ev.get("job_id"):
                 self.dropped += ev["job_id"] in self.jobs
                 self.jobs[ev["job_id"]] = ev
+                self._count(ev)
             elif kind in ("task", "progress") and ev.get("task_id") is not None:
                 key = (kind, ev["task_id"])
                 self.dropped += self.events.pop(key, None) is not None
@@ -114,9 +188,26 @@ class Coalescer:
             else:
                 self.dropped += 1
 
+    def _count(self, ev: dict) -> None:
+        jid = ev["job_id"]
+        counts = {k: int(ev.get(k) or 0) for k in COUNT_KEYS}
+        before = self.known.get(jid)
+        if before is not None:  # a job first heard of now: its change is in the next stats
+            for k in COUNT_KEYS:
+                if counts[k] != before[k]:
+                    self.delta[k] = self.delta.get(k, 0) + counts[k] - before[k]
+        if counts["queued"] or counts["running"]:
+            self.known[jid] = counts
+        else:
+            self.known.pop(jid, None)  # finished: only a retry changes it again
+
+    def forget_counts(self) -> None:
+        """A fresh stats snapshot was loaded (not from the stream): start the delta again."""
+        self.delta = {}
+
     def take(self) -> FeedBatch:
         batch = FeedBatch(stats=self.stats, jobs=self.jobs, events=list(self.events.values()),
-                          received=self.received, dropped=self.dropped)
+                          received=self.received, dropped=self.dropped, counts_delta=dict(self.delta))
         self.reset()
         return batch
 
@@ -135,8 +226,10 @@ class Feed:
         label: str,
         config: FeedConfig | None = None,
         clock: Callable[[], float] = time.time,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self._open = connect
+        self._on_stop = on_stop  # frees what `connect` shares (a ZeroMQ context) once the thread is done
         self.label = label
         self.config = config or FeedConfig()
         self.clock = clock
@@ -157,6 +250,7 @@ class Feed:
         self._backoff = self.config.backoff_initial
         self._outage_since: float | None = None
         self._reload_floor = 0.0
+        self._coalescer: Coalescer | None = None
         self.connected = False
 
     # ------------------------------------------------------------------ app side (UI thread)
@@ -167,11 +261,18 @@ class Feed:
         self._thread = threading.Thread(target=self._run, name="cutq-feed", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
+        """End the thread (it finishes the request in flight: at most `request_timeout`)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(self.config.request_timeout + 1.0 if timeout is None else timeout)
+            if self._thread.is_alive():
+                return  # a daemon thread: it ends with the process; its sockets keep the context
+        if self._on_stop is not None:
+            # off this thread: an action still running (an upload) holds a socket until it ends
+            threading.Thread(target=self._on_stop, name="cutq-feed-stop", daemon=True).start()
+            self._on_stop = None
 
     def query_jobs(self, query: JobsQuery) -> None:
         """Show this page of jobs (the feed loads it and posts JobsPage)."""
@@ -206,6 +307,23 @@ class Feed:
             return getattr(source, method)(*args, **kwargs)
         finally:
             source.close()
+
+    def call_each(self, method: str, calls: list[tuple]) -> list[Any]:
+        """The same call for several arguments on one connection (bulk cancel, delete): each
+        result, or the CutqError it raised; an unreachable broker ends the run (raised)."""
+        source = self._open(self.config.action_timeout)
+        out: list[Any] = []
+        try:
+            for args in calls:
+                try:
+                    out.append(getattr(source, method)(*args))
+                except BrokerUnavailable:
+                    raise
+                except CutqError as e:
+                    out.append(e)
+        finally:
+            source.close()
+        return out
 
     # ------------------------------------------------------------------ the thread
 
@@ -254,7 +372,7 @@ class Feed:
         self._backoff, self._outage_since = cfg.backoff_initial, None
         self._acked.set()
         self._post(Connected(self.label))
-        coalescer = Coalescer()
+        coalescer = self._coalescer = Coalescer()
         now = time.monotonic()
         last_event = last_flush = last_workers = now
         next_jobs_reload: float | None = None
@@ -273,9 +391,9 @@ class Feed:
                     next_jobs_reload = max(now, self._reload_floor)
                 workers_due |= workers_changed
             elif now - last_event > cfg.silence_probe:
-                # Stats arrive every second; silence means the broker is gone (stats()
+                # Stats arrive every second; silence means the broker is gone (the probe
                 # raises) or restarted and forgot our lease: re-subscribe and reload.
-                source.stats()
+                source.probe(cfg.probe_timeout)
                 source.subscribe(None, ttl=cfg.subscribe_ttl)
                 self._load_all(source)
                 last_event = now
@@ -330,6 +448,8 @@ class Feed:
             self._load_watch(source)
 
     def _load_all(self, source: Source) -> None:
+        if self._coalescer is not None:
+            self._coalescer.forget_counts()
         self._post(StatsUpdated(source.stats()))
         self._post(WorkersLoaded(source.workers()))
         self._load_jobs(source)
@@ -339,7 +459,8 @@ class Feed:
         with self._lock:
             query = self._want_query
         try:
-            page = source.list_jobs(query.state, search=query.search, limit=query.limit, offset=query.offset)
+            page = source.list_jobs(query.state, search=query.search, limit=query.limit, offset=query.offset,
+                                    sort=query.sort, descending=query.descending)
         except BrokerUnavailable:
             raise
         except CutqError as e:
@@ -369,10 +490,11 @@ class Feed:
 
 def broker_feed(endpoint: str, config: FeedConfig | None = None, *,
                 context: zmq.Context | None = None) -> Feed:
-    """A Feed that talks to the broker at `endpoint` through shared.client."""
+    """A Feed that talks to the broker at `endpoint` through shared.client (a context it makes,
+    it terms when the feed stops)."""
     ctx = context or zmq.Context()
 
     def connect(timeout: float) -> Source:
-        return Client(endpoint, timeout=timeout, context=ctx)
+        return BrokerSource(endpoint, timeout=timeout, context=ctx)
 
-    return Feed(connect, label=endpoint, config=config)
+    return Feed(connect, label=endpoint, config=config, on_stop=None if context is not None else ctx.term)

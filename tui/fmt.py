@@ -18,6 +18,8 @@ STATE_STYLE: dict[str, str] = {
     "alive": "#9ece6a",
     "dead": "bold #f7768e",
     "left": "#737aa2",
+    "draining": "#e0af68",
+    "unknown": "#737aa2",
 }
 STATE_ICON: dict[str, str] = {
     "queued": "◌",
@@ -28,6 +30,8 @@ STATE_ICON: dict[str, str] = {
     "alive": "●",
     "dead": "✖",
     "left": "○",
+    "draining": "◐",
+    "unknown": "?",
 }
 BAR_DONE = "#9ece6a"
 BAR_FAILED = "#f7768e"
@@ -123,21 +127,25 @@ def state_text(state: str, icon: bool = True) -> Text:
     return Text(label, style=STATE_STYLE.get(state, ""))
 
 
-def progress_bar(job: dict, width: int = 12) -> Text:
-    """A stacked bar of a job's tasks (done, failed, cancelled, running, queued) plus 'done/total'.
+def progress_bar(job: dict, width: int = 12, marks: bool = True) -> Text:
+    """A stacked bar of a job's tasks (done, failed, cancelled, running; the rest queued), then
+    'done/total' and, when there are any, the failed (✖) and cancelled (⊘) counts apart:
+    a cancelled job with 20 of 29 done reads '20/29 ⊘9', never '29/29'.
 
     The bar is `width` cells; each state gets cells in proportion to its count, at
     least one cell when the count is non-zero, so a single failure stays visible.
+    Counts are clamped into the total (an event racing a reload cannot overfill it).
     """
     total = max(0, int(job.get("total") or 0))
-    parts = [
-        (int(job.get("done") or 0), BAR_DONE),
-        (int(job.get("failed") or 0), BAR_FAILED),
-        (int(job.get("cancelled") or 0), BAR_CANCELLED),
-        (int(job.get("running") or 0), BAR_RUNNING),
-    ]
+    left = total
+    counts: dict[str, int] = {}
+    for key in ("done", "failed", "cancelled", "running"):
+        counts[key] = max(0, min(int(job.get(key) or 0), left))
+        left -= counts[key]
+    parts = [(counts["done"], BAR_DONE), (counts["failed"], BAR_FAILED), (counts["cancelled"], BAR_CANCELLED),
+             (counts["running"], BAR_RUNNING)]
     cells = _apportion([n for n, _ in parts], total, width)
-    bar = Text()
+    bar = Text(no_wrap=True)
     used = 0
     for (_, colour), n in zip(parts, cells, strict=False):
         if n:
@@ -145,9 +153,11 @@ def progress_bar(job: dict, width: int = 12) -> Text:
             used += n
     if used < width:
         bar.append("━" * (width - used), style=BAR_EMPTY)
-    finished = parts[0][0] + parts[1][0] + parts[2][0]
-    digits = len(str(total))
-    bar.append(f" {finished:>{digits}}/{total}", style="")
+    bar.append(f" {counts['done']}/{total}", style="")
+    if marks:
+        for key in ("failed", "cancelled"):
+            if counts[key]:
+                bar.append(f" {STATE_ICON[key]}{counts[key]}", style=STATE_STYLE[key])
     return bar
 
 
@@ -163,12 +173,11 @@ def _apportion(counts: list[int], total: int, width: int) -> list[int]:
 
 
 def percent(job: dict) -> int:
-    """Finished tasks as a whole percentage of the job."""
+    """Done tasks as a whole percentage of the job (failed and cancelled ones are not done)."""
     total = int(job.get("total") or 0)
     if not total:
         return 100
-    fin = sum(int(job.get(k) or 0) for k in ("done", "failed", "cancelled"))
-    return int(100 * fin / total)
+    return max(0, min(100, int(100 * int(job.get("done") or 0) / total)))
 
 
 def job_duration(job: dict, now: float) -> float | None:

@@ -22,7 +22,16 @@ from PIL import Image, ImageDraw
 
 from shared.client import CutqError, collect_images, result_filename
 from shared.states import TASK_STATES, TERMINAL, job_state
-from tui.feed import Feed, FeedConfig
+from tui.feed import Feed, FeedConfig, retry_failed, worker_tasks
+
+_STATE_RANK = {"queued": 0, "running": 1, "done": 2, "failed": 3, "cancelled": 4}
+SORT_KEYS: dict[str, Callable[[dict], Any]] = {  # as the broker sorts (broker/store/reads.py)
+    "created": lambda j: j["created"],
+    "state": lambda j: _STATE_RANK.get(j["state"], 5),
+    "progress": lambda j: (j["done"] + j["failed"] + j["cancelled"]) / max(j["total"], 1),
+    "errors": lambda j: j["failed"],
+    "tenant": lambda j: j["tenant"],
+}
 
 MODELS = ("u2netp", "u2net", "isnet-general-use", "birefnet-general-lite")
 NAMES = ("IMG_", "DSC_", "product-", "portrait-", "PXL_2024")
@@ -70,8 +79,11 @@ def make_job(rng: random.Random, created: float, state_mix: str, total: int) -> 
     }
 
 
-def make_tasks(job: dict, rng: random.Random, workers: list[str]) -> list[dict]:
-    """Task rows matching a job's counts, in submission order."""
+def make_tasks(job: dict, rng: random.Random, workers: list[str], first_id: int | None = None) -> list[dict]:
+    """Task rows matching a job's counts, in submission order (ids from `first_id`, else from the
+    job id: task ids are unique across jobs, as the broker's are)."""
+    if first_id is None:
+        first_id = (int(job["job_id"][:8], 16) + 1) * 1000
     states: list[str] = []
     for s in ("done", "failed", "cancelled", "running", "queued"):
         states += [s] * int(job.get(s) or 0)
@@ -88,7 +100,7 @@ def make_tasks(job: dict, rng: random.Random, workers: list[str]) -> list[dict]:
                 "image is 12000x9000 pixels, over the 64000000 pixel limit",
             ))
         tasks.append({
-            "task_id": 1000 + i, "job_id": job["job_id"], "name": f"{rng.choice(NAMES)}{4000 + i}.jpg",
+            "task_id": first_id + i, "job_id": job["job_id"], "name": f"{rng.choice(NAMES)}{4000 + i}.jpg",
             "state": state, "attempts": (0 if state == "queued" else 1) + (state == "failed"),
             "worker": rng.choice(workers) if started else None, "error": error, "created": t0,
             "started": started, "finished": finished, "result_ext": "png" if state == "done" else None,
@@ -131,8 +143,21 @@ def sample_dataset(now: float, jobs: int = 40, seed: int = 7) -> Dataset:
     }
     data = Dataset(jobs=rows, workers=workers, stats=stats)
     names = [w["id"] for w in workers[:2]]
+    first = 1000
     for job in rows[:6]:
-        data.tasks[job["job_id"]] = make_tasks(job, random.Random(job["job_id"]), names)
+        data.tasks[job["job_id"]] = make_tasks(job, random.Random(job["job_id"]), names, first)
+        first += job["total"]
+    # the workers hold exactly the running tasks (the overview, the workers and the jobs agree)
+    running = [t for tasks in data.tasks.values() for t in tasks if t["state"] == "running"]
+    for w in workers[:2]:
+        w["tasks"] = []
+    for i, t in enumerate(running):
+        w = workers[0] if i % 3 != 2 else workers[1]
+        t["worker"] = w["id"]
+        w["tasks"].append(t["task_id"])
+    for w in workers:
+        w["busy"] = len(w["tasks"])
+    stats.update(slots_used=len(running), workers_busy=sum(1 for w in workers if w["busy"]))
     return data
 
 
@@ -190,19 +215,28 @@ class MemorySource:
         with self._lock:
             return dict(self.data.stats)
 
+    def probe(self, timeout: float) -> None:
+        self._check()
+
     def workers(self) -> list[dict[str, Any]]:
         self._check()
         with self._lock:
             return [dict(w, tasks=list(w["tasks"])) for w in self.data.workers]
 
     def list_jobs(self, state: str | None = None, *, search: str | None = None, limit: int = 50,
-                  offset: int = 0) -> dict[str, Any]:
+                  offset: int = 0, sort: str = "created", descending: bool = True) -> dict[str, Any]:
         self._check()
+        if sort not in SORT_KEYS:
+            raise CutqError(f"cannot sort by {sort!r}", code="bad_request")
         with self._lock:
             jobs = self.data.jobs
             if state or search:
                 jobs = [j for j in jobs if (not state or j["state"] == state)
                         and (not search or j["job_id"].startswith(search) or self._name_match(j, search))]
+            if sort != "created" or not descending:
+                # newest first among equals, as the broker does: a stable sort of the newest-first list
+                key = SORT_KEYS[sort]
+                jobs = sorted(jobs, key=key, reverse=descending) if descending else sorted(jobs, key=key)
             return {"jobs": [dict(j) for j in jobs[offset:offset + limit]], "total": len(jobs)}
 
     def _name_match(self, job: dict, search: str) -> bool:
@@ -220,6 +254,18 @@ class MemorySource:
             if tasks:
                 out["tasks"] = [dict(t) for t in self.data.tasks[job_id]]
             return out
+
+    def running_tasks(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
+        return [t for t in self.status(job_id)["tasks"] if t["state"] == "running"][:limit]
+
+    def worker_tasks(self, worker_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
+        return worker_tasks(self, worker_id, job_ids)
+
+    def task_ids(self, job_id: str, state: str) -> list[int]:
+        return [t["task_id"] for t in self.status(job_id)["tasks"] if t["state"] == state]
+
+    def retry_failed(self, job_id: str) -> dict[str, Any]:
+        return retry_failed(self, job_id)
 
     # ------------------------------------------------------------------ events
 
@@ -289,6 +335,28 @@ class MemorySource:
     def retry(self, job_id: str, task_ids: list[int] | None = None) -> dict[str, Any]:
         return {"requeued": self._set_tasks(job_id, task_ids, {"failed", "cancelled"}, "queued")}
 
+    def delete(self, job_id: str) -> dict[str, Any]:
+        self._check()
+        with self._lock:
+            job = self._by_id.pop(job_id, None)
+            if job is None:
+                raise CutqError(f"no such job: {job_id}", code="not_found")
+            self.data.jobs.remove(job)
+            self.data.tasks.pop(job_id, None)
+        return {"job_id": job_id, "deleted": True}
+
+    def purge(self, state: str | None = None, older_than_s: float | None = None,
+              tenant: str | None = None) -> dict[str, Any]:
+        self._check()
+        now = self.clock()
+        with self._lock:
+            gone = [j for j in self.data.jobs if j["state"] in TERMINAL and (state is None or j["state"] == state)
+                    and (older_than_s is None or j["created"] < now - older_than_s)
+                    and (tenant is None or j["tenant"] == tenant)]
+        for j in gone:
+            self.delete(j["job_id"])
+        return {"deleted": len(gone), "job_ids": [j["job_id"] for j in gone]}
+
     def pause(self, paused: bool = True, tenant: str | None = None) -> dict[str, Any]:
         self._check()
         with self._lock:
@@ -323,7 +391,7 @@ def simulate(source: MemorySource, rate: float, stop: threading.Event, clock: Ca
     """Push ~`rate` task events a second (running -> done) for the newest `jobs` jobs, with their
     job events, and a stats event every second, until `stop` is set."""
     rng = random.Random(1)
-    active = source.data.jobs[:jobs]
+    active = [j for j in source.data.jobs[:jobs] if j["state"] in ("queued", "running")] or source.data.jobs[:1]
     next_task = 10_000_000
     tick = 0.05
     per_tick = max(1, round(rate * tick))
@@ -342,7 +410,12 @@ def simulate(source: MemorySource, rate: float, stop: threading.Event, clock: Ca
                            "state": "running", "worker": w, "error": None, "attempt": 1, "t": now})
             events.append({"kind": "task", "job_id": job["job_id"], "task_id": next_task, "name": "x.jpg",
                            "state": "done", "worker": w, "error": None, "attempt": 1, "t": now})
-            job["done"] = min(job["total"], job["done"] + 1) if job["done"] < job["total"] else job["done"]
+            if job["queued"]:  # one more done, its counts consistent; a finished job starts over
+                job["queued"] -= 1
+                job["done"] += 1
+            else:
+                job.update(queued=job["total"], done=0, failed=0, cancelled=0, running=0, finished=None)
+            job["state"] = job_state({s: job[s] for s in TASK_STATES})
             touched[job["job_id"]] = job
             done_this_second += 1
         events += [{"kind": "job", "t": now, **{k: v for k, v in j.items() if k != "options"}}

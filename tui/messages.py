@@ -79,7 +79,8 @@ class FeedBatch(Message):
     `stats`: the latest stats event, if any.  `jobs`: the latest `job` event per job,
     for jobs on the shown page or being watched.  `events`: task, progress and worker
     events in arrival order, the latest one per task.  `received`: events folded in;
-    `dropped`: those merged away or of unknown kinds.
+    `dropped`: those merged away or of unknown kinds.  `counts_delta`: what job events
+    changed in the task counts since the latest stats (so the overview moves with the rows).
     """
 
     stats: dict | None = None
@@ -87,3 +88,4 @@ class FeedBatch(Message):
     events: list[dict] = field(default_factory=list)
     received: int = 0
     dropped: int = 0
+    counts_delta: dict[str, int] = field(default_factory=dict)

@@ -8,37 +8,76 @@ events in arrival order after a snapshot always converges to the broker's state.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.states import TERMINAL
+from tui import fmt
 
 JOB_FILTERS: tuple[str | None, ...] = (None, "queued", "running", "done", "failed", "cancelled")
+# what the broker sorts every job by (ListJobs.sort), and what the sort is called on screen
+JOB_SORTS: tuple[tuple[str, str], ...] = (
+    ("created", "submitted"), ("state", "state"), ("progress", "progress"), ("errors", "failures"),
+    ("tenant", "tenant"),
+)
+COUNT_KEYS = ("queued", "running", "done", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
 class JobsQuery:
-    """Which page of the jobs list to show: the broker filters and pages, newest first."""
+    """Which page of the jobs list to show: the broker filters, sorts (every job) and pages."""
 
     state: str | None = None
     search: str | None = None
     offset: int = 0
     limit: int = 100
+    sort: str = "created"
+    descending: bool = True
 
     def page(self, delta: int, total: int) -> JobsQuery:
         """The query for `delta` pages further (clamped to the list)."""
-        last = max(0, (max(total, 1) - 1) // self.limit * self.limit)
-        return replace(self, offset=min(last, max(0, self.offset + delta * self.limit)))
+        return replace(self, offset=min(self.last_offset(total), max(0, self.offset + delta * self.limit)))
+
+    def last_offset(self, total: int) -> int:
+        return max(0, (max(total, 1) - 1) // self.limit * self.limit)
+
+    def clamped(self, total: int) -> JobsQuery:
+        """This query, moved back onto the list when it shrank under the page (jobs deleted)."""
+        return self if self.offset <= self.last_offset(total) else replace(self, offset=self.last_offset(total))
 
     def matches_new_job(self, job: dict) -> bool:
         """Whether a job we have not seen belongs at the top of this page (so: reload it)."""
         if self.offset:
             return False  # a new job shifts later pages; don't move rows under the reader
+        if self.sort != "created" or not self.descending:
+            return False  # a new job lands somewhere in the order: the next reload shows it
         if self.state and job.get("state") != self.state:
             return False
         if self.search:
             return str(job.get("job_id", "")).startswith(self.search)
         return True
+
+
+def page_range(offset: int, shown: int, total: int) -> str:
+    """'101–200 of 307' for a page of rows; never a range past the total or backwards."""
+    total = max(total, 0)
+    shown = max(0, min(shown, total - offset)) if total > offset else 0
+    if not shown:
+        return f"0 of {fmt.count(total)}"
+    return f"{fmt.count(offset + 1)}–{fmt.count(offset + shown)} of {fmt.count(total)}"
+
+
+def counts_of(job: dict) -> dict[str, int]:
+    """A job's task counts, clamped into its total (an event may race a reload)."""
+    total = max(0, int(job.get("total") or 0))
+    out: dict[str, int] = {}
+    left = total
+    for key in ("done", "failed", "cancelled", "running", "queued"):
+        n = max(0, min(int(job.get(key) or 0), left))
+        out[key] = n
+        left -= n
+    return out
 
 
 def merge_job(job: dict, event: dict) -> dict:
@@ -109,6 +148,59 @@ class TaskBook:
         return [tid for tid, t in self.tasks.items() if states is None or t.get("state") in states]
 
 
+LIVE = ("alive", "draining")  # worker states that still hold slots
+RECENT_TASKS = 20  # outcomes remembered per worker for its detail screen
+HOUR_MINUTES = 60
+
+
+class Throughput:
+    """Tasks done per second, as the broker's stats report them (its last 120 s), kept by this
+    client for an hour: each stats snapshot is merged in second by second, so the record
+    outlives a broker restart (whose history starts from zero) and a reconnect."""
+
+    def __init__(self, keep_s: int = 3600) -> None:
+        self.keep_s = keep_s
+        self.per_second: dict[int, float] = {}
+
+    def merge(self, history: list[float] | None, now: float) -> None:
+        """`history`: tasks done in each whole second before `now`, oldest first."""
+        if not history:
+            return
+        end = int(now)
+        start = end - len(history)
+        per = self.per_second
+        for i, v in enumerate(history):
+            s = start + i
+            # a restarted broker reports 0 for seconds it did not see: never lower what we know
+            if v > per.get(s, -1.0):
+                per[s] = float(v)
+        floor = end - self.keep_s
+        if len(per) > self.keep_s + 300:
+            for s in [s for s in per if s < floor]:
+                del per[s]
+
+    def seconds(self, now: float, span: int = 120) -> list[float]:
+        end = int(now)
+        return [self.per_second.get(s, 0.0) for s in range(end - span, end)]
+
+    def minutes(self, now: float, span: int = HOUR_MINUTES) -> list[float]:
+        """Mean tasks/s in each of the last `span` whole minutes, oldest first; minutes before the
+        first second we know of are -1 (no data, drawn blank)."""
+        last = int(now) // 60
+        first_known = min(self.per_second, default=None)
+        out = []
+        for m in range(last - span, last):
+            if first_known is None or (m + 1) * 60 <= first_known:
+                out.append(-1.0)
+                continue
+            out.append(sum(self.per_second.get(s, 0.0) for s in range(m * 60, m * 60 + 60)) / 60.0)
+        return out
+
+    def known_span(self, now: float) -> float:
+        first = min(self.per_second, default=None)
+        return 0.0 if first is None else max(0.0, now - first)
+
+
 class WorkerBook:
     """The workers table: a `workers()` snapshot kept current by task and worker events.
 
@@ -122,6 +214,9 @@ class WorkerBook:
         self._alias: dict[str, str] = {}  # worker id -> name
         self._holder: dict[int, str] = {}  # task id -> worker name
         self.stale = False  # a join we know nothing about yet: ask for a fresh snapshot
+        self.task_job: dict[int, str] = {}  # task id -> job id, for the tasks workers hold now
+        self.recent: dict[str, deque[dict]] = {}  # worker name -> its last outcomes, newest last
+        self.done_per_minute: dict[str, dict[int, int]] = {}  # worker name -> minute -> tasks done
 
     def load(self, workers: list[dict]) -> None:
         self.workers, self._alias, self._holder = {}, {}, {}
@@ -176,6 +271,7 @@ class WorkerBook:
             else:
                 credit["failed"] = int(credit.get("failed") or 0) + 1
             credit["last_seen_age"] = 0.0
+            self._record(str(credit.get("name") or credit.get("id")), ev)
             changed = True
         if state == "running" and named is not None:
             w = self.workers[named]
@@ -183,8 +279,39 @@ class WorkerBook:
             w["busy"] = len(w["tasks"])
             w["last_seen_age"] = 0.0
             self._holder[tid] = named
+            if ev.get("job_id"):
+                self.task_job[tid] = str(ev["job_id"])
             changed = True
+        elif tid is not None:
+            self.task_job.pop(tid, None)
         return changed
+
+    def _record(self, name: str, ev: dict) -> None:
+        """Remember an outcome for the worker's detail: its recent tasks and done per minute."""
+        recent = self.recent.setdefault(name, deque(maxlen=RECENT_TASKS))
+        recent.append({"task_id": ev.get("task_id"), "job_id": ev.get("job_id"), "state": ev.get("state"),
+                       "error": ev.get("error"), "t": ev.get("t")})
+        if ev.get("state") == "done" and ev.get("t"):
+            minutes = self.done_per_minute.setdefault(name, {})
+            minute = int(ev["t"]) // 60
+            minutes[minute] = minutes.get(minute, 0) + 1
+            for old in [m for m in minutes if m < minute - HOUR_MINUTES]:
+                del minutes[old]
+
+    def minutes(self, name: str, now: float, since: float | None = None, span: int = HOUR_MINUTES) -> list[float]:
+        """The worker's tasks done per second, averaged over each of the last `span` minutes, oldest
+        first, the current one over its seconds so far; minutes before `since` (when this client
+        started to listen) are -1: unknown, drawn blank rather than as zero."""
+        per = self.done_per_minute.get(name, {})
+        current = int(now) // 60
+        out = []
+        for m in range(current - span + 1, current + 1):
+            if since is not None and (m + 1) * 60 <= since:
+                out.append(-1.0)
+                continue
+            seconds = 60.0 if m < current else max(1.0, now - m * 60)
+            out.append(per.get(m, 0) / seconds)
+        return out
 
     def _apply_worker(self, ev: dict) -> bool:
         name, state = str(ev.get("worker")), ev.get("state")
@@ -221,8 +348,13 @@ class WorkerBook:
 
     def rows(self) -> list[dict]:
         """Alive workers first, then by name."""
-        return sorted(self.workers.values(), key=lambda w: (w.get("state") != "alive", str(w.get("name"))))
+        return sorted(self.workers.values(), key=lambda w: (w.get("state") not in LIVE, str(w.get("name"))))
 
     def summary(self) -> tuple[int, int]:
-        alive = sum(1 for w in self.workers.values() if w.get("state") == "alive")
+        alive = sum(1 for w in self.workers.values() if w.get("state") in LIVE)
         return alive, len(self.workers) - alive
+
+    def capacity(self) -> tuple[int, int]:
+        """(busy slots, slots) of the live workers: what the overview and the workers panel both show."""
+        live = [w for w in self.workers.values() if w.get("state") in LIVE]
+        return sum(int(w.get("busy") or 0) for w in live), sum(int(w.get("slots") or 0) for w in live)

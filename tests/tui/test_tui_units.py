@@ -17,7 +17,7 @@ from tui import fmt
 from tui.feed import Coalescer, Feed, FeedConfig
 from tui.memory import MemorySource, memory_feed, sample_dataset
 from tui.messages import Connected, Disconnected, FeedBatch, JobDetail, JobMissing, JobsPage, StatsUpdated
-from tui.model import JobsQuery, TaskBook, WorkerBook, merge_job, merge_task
+from tui.model import JobsQuery, TaskBook, Throughput, WorkerBook, merge_job, merge_task, page_range
 from tui.screens.paths import complete_path, count_images
 from tui.screens.submit import parse_color, split_paths
 from tui.widgets.sparkline import bar_columns, bar_rows
@@ -41,9 +41,41 @@ def test_compact(n, text) -> None:
 def test_progress_bar_keeps_a_single_failure_visible() -> None:
     job = {"total": 1000, "done": 999, "failed": 1, "cancelled": 0, "running": 0}
     bar = fmt.progress_bar(job, width=10)
-    assert bar.plain == "━" * 10 + " 1000/1000"
+    assert bar.plain == "━" * 10 + " 999/1000 ✖1"
     colours = {str(span.style) for span in bar.spans}
     assert fmt.BAR_FAILED in colours and fmt.BAR_DONE in colours
+
+
+def test_progress_of_a_cancelled_job_shows_done_and_cancelled_apart() -> None:
+    """A cancelled job with 20 of 29 done read '29/29' under a full bar."""
+    job = {"total": 29, "done": 20, "failed": 0, "cancelled": 9, "running": 0, "queued": 0}
+    bar = fmt.progress_bar(job, width=29)
+    assert bar.plain.endswith(" 20/29 ⊘9")
+    done = sum(s.end - s.start for s in bar.spans if str(s.style) == fmt.BAR_DONE and s.end <= 29)
+    cancelled = sum(s.end - s.start for s in bar.spans if str(s.style) == fmt.BAR_CANCELLED and s.end <= 29)
+    assert (done, cancelled) == (20, 9)
+    assert fmt.percent(job) == 68  # done, not finished
+
+
+def test_progress_bar_never_overfills() -> None:
+    """Counts racing a reload (done 14 of 12) are clamped into the total."""
+    bar = fmt.progress_bar({"total": 12, "done": 14, "cancelled": 6}, width=12)
+    assert bar.plain == "━" * 12 + " 12/12"
+
+
+@pytest.mark.parametrize(("offset", "shown", "total", "text"), [
+    (0, 100, 2000, "1–100 of 2,000"), (300, 7, 307, "301–307 of 307"), (300, 100, 307, "301–307 of 307"),
+    (400, 0, 307, "0 of 307"), (0, 0, 0, "0 of 0"),
+])
+def test_page_range_is_never_impossible(offset, shown, total, text) -> None:
+    """Titles once flashed '301-400 of 307'."""
+    assert page_range(offset, shown, total) == text
+
+
+def test_jobs_query_clamps_onto_a_shrunk_list() -> None:
+    q = JobsQuery(offset=300, limit=100)
+    assert q.clamped(307) is q
+    assert q.clamped(250).offset == 200 and q.clamped(0).offset == 0
 
 
 def test_progress_bar_of_an_empty_job() -> None:
@@ -117,6 +149,32 @@ def test_new_jobs_only_reload_the_first_unfiltered_page() -> None:
     assert not JobsQuery(offset=100).matches_new_job(job)
     assert not JobsQuery(state="failed").matches_new_job(job)
     assert JobsQuery(search="ab").matches_new_job(job)
+    assert not JobsQuery(sort="errors").matches_new_job(job)  # a new job lands somewhere in that order
+    assert not JobsQuery(descending=False).matches_new_job(job)
+
+
+def test_throughput_keeps_its_own_history_across_a_broker_restart() -> None:
+    t = Throughput()
+    t.merge([5, 6, 7], now=1000.0)  # seconds 997, 998, 999
+    t.merge([0, 0, 0, 0, 0, 2], now=1003.0)  # a restarted broker: zeros for what it did not see
+    assert t.seconds(1003.0, span=6) == [5, 6, 7, 0, 0, 2]
+    t.merge([9] * 60, now=1200.0)
+    minutes = t.minutes(1200.0, span=6)
+    assert minutes[:2] == [-1.0, -1.0]  # before the first second we know of: no data, not zero
+    assert minutes[2:] == [20 / 60, 0.0, 0.0, 9.0]
+    assert t.known_span(1200.0) == 203.0
+
+
+def test_worker_book_keeps_recent_tasks_and_minutes() -> None:
+    book = WorkerBook()
+    book.load([worker("a")])
+    book.apply([{"kind": "task", "task_id": 1, "job_id": "j", "state": "running", "worker": "a", "t": 600.0},
+                {"kind": "task", "task_id": 1, "job_id": "j", "state": "done", "worker": "a", "t": 601.0},
+                {"kind": "task", "task_id": 2, "job_id": "j", "state": "failed", "worker": "a", "error": "x",
+                 "t": 602.0}])
+    assert [(r["task_id"], r["state"]) for r in book.recent["a"]] == [(1, "done"), (2, "failed")]
+    assert 1 not in book.task_job
+    assert book.minutes("a", now=659.0, since=590.0, span=3) == [-1.0, 0.0, 1 / 59]  # 540-599 partly seen
 
 
 def worker(name: str, **kw) -> dict:
@@ -308,6 +366,21 @@ def test_feed_action_calls_run_on_their_own_connection() -> None:
 
 
 # ---------------------------------------------------------------- dialogs' helpers
+
+
+def test_path_completion_offers_folders_then_images_and_hides_dunder(tmp_path: Path) -> None:
+    """`__pycache__` came first; now folders (not hidden or dunder ones), then images, by name."""
+    for d in ("__pycache__", ".git", "zfolder", "afolder"):
+        (tmp_path / d).mkdir()
+    for f in ("b.png", "a.txt", "c.jpg"):
+        (tmp_path / f).write_bytes(b"x")
+    base = str(tmp_path) + "/"
+    assert complete_path(base) == base + "afolder/"
+    assert complete_path(base + "b") == base + "b.png"
+    assert complete_path(base + "_") == base + "__pycache__/"  # typed: offered
+    (tmp_path / "afolder").rmdir()
+    (tmp_path / "zfolder").rmdir()
+    assert complete_path(base) == base + "b.png"
 
 
 def test_path_completion(tmp_path: Path) -> None:

@@ -13,15 +13,18 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from shared.client import CutqError
 from shared.options import REMBG_DEFAULTS
 from shared.states import TERMINAL
 from tui import fmt
-from tui.model import TaskBook, merge_job
+from tui.model import JOB_FILTERS, TaskBook, merge_job, page_range
+from tui.screens.overview import filter_bindings
+from tui.screens.preview import PreviewScreen
 from tui.widgets.jobs_table import PageRequest, model_label
+from tui.widgets.keybar import KeyBar
 from tui.widgets.preview import TaskPreview, decode
 from tui.widgets.stats_panel import roomy
 from tui.widgets.status_bar import StatusBar
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
 
 PREVIEW_CACHE = 24
 TASK_PAGE = 500  # rows in the tasks table at once; a job may have 10,000 tasks
-TASK_FILTERS: tuple[str | None, ...] = (None, "failed", "running", "queued", "done", "cancelled")
+TASK_FILTERS = JOB_FILTERS  # 1-6: all, queued, running, done, failed, cancelled
 
 
 def options_text(job: dict) -> str:
@@ -68,7 +71,8 @@ def summary(job: dict, now: float, wide: bool) -> Table:
         label = f" {state}" if wide else ""
         counts.append(f"{fmt.STATE_ICON[state]} {n}{label}  ", style=fmt.STATE_STYLE[state] if n else "dim")
     line1 = Text.assemble(fmt.state_text(job.get("state") or "queued"), "  ",
-                          fmt.progress_bar(job, 40 if wide else 14), (f"  {fmt.percent(job)}%  ", "bold"), counts)
+                          fmt.progress_bar(job, 40 if wide else 14, marks=False),
+                          (f"  {fmt.percent(job)}% done  ", "bold"), counts)
     line2 = Text.assemble((options_text(job), "#7dcfff"), ("  submitted ", "dim"),
                           fmt.clock(job.get("created"), now))
     if job.get("finished"):
@@ -89,14 +93,18 @@ class JobDetailScreen(Screen):
     app: CutqApp
 
     BINDINGS = [
-        Binding("escape", "back", "Back"),
-        Binding("c", "cancel", "Cancel"),
-        Binding("r", "retry", "Retry"),
-        Binding("f", "fetch", "Fetch"),
-        Binding("space", "mark", "Mark", key_display="␣"),
-        Binding("a", "mark_failed", "Mark failed", show=False),
-        Binding("v", "toggle_preview", "Preview"),
-        Binding("t", "cycle_filter", "Filter", show=False),
+        Binding("escape", "back", "Back", key_display="esc"),
+        Binding("z", "zoom", "Zoom", tooltip="Large preview: the task's before and after, full screen"),
+        Binding("c", "cancel", "Cancel", tooltip="Cancel the marked tasks, or every queued and running one"),
+        Binding("r", "retry", "Retry", tooltip="Retry the marked tasks, or every failed one"),
+        Binding("space", "mark", "Mark", key_display="␣", tooltip="Mark the task (cancel or retry the marked ones)"),
+        *filter_bindings("filter", "tasks"),
+        Binding("a", "mark_failed", "Mark failed", show=False, tooltip="Mark every failed task"),
+        Binding("v", "toggle_preview", "Preview", show=False, tooltip="Show or hide the side preview"),
+        Binding("f", "fetch", "Fetch", show=False, tooltip="Fetch results: write this job's results to a folder"),
+        Binding("d", "delete", "Delete job", show=False, tooltip="Delete this job with its images and results"),
+        Binding("R", "retry_all", "Retry failed and cancelled", key_display="R", show=False,
+                tooltip="Retry every failed and cancelled task of this job"),
         Binding("right_square_bracket", "page(1)", "Next page", show=False),
         Binding("left_square_bracket", "page(-1)", "Previous page", show=False),
     ]
@@ -109,6 +117,7 @@ class JobDetailScreen(Screen):
         self.task_offset = 0
         self._preview_timer: Timer | None = None
         self._cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self.preview_choice: bool | None = None  # v: shown / hidden; None: as the size allows
         self.ready = False  # feed messages can arrive before the widgets exist
 
     @property
@@ -123,7 +132,7 @@ class JobDetailScreen(Screen):
         with Horizontal(id="detail-body"):
             yield TasksTable(self.app.clock, self.app.worker_book.display_name, id="tasks", classes="panel")
             yield TaskPreview(id="preview", classes="panel")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#job-summary").border_title = f"Job {self.job_id}"
@@ -138,7 +147,20 @@ class JobDetailScreen(Screen):
         self.app.feed.watch_job(None)
 
     def on_resize(self) -> None:
+        self._fit_preview()
         self.show_summary()
+        if self.book is not None:
+            self._tasks_title()
+
+    def _fit_preview(self) -> None:
+        """Below 24 rows the side preview would leave the tasks a row or two: hidden (v shows it,
+        z opens the large one)."""
+        preview = self.query_one(TaskPreview)
+        show = self.preview_choice if self.preview_choice is not None else self.size.height >= 24
+        if preview.display != show:
+            preview.display = show
+            if show:
+                self._schedule_preview()
 
     # ------------------------------------------------------------------ fed by the app
 
@@ -226,14 +248,14 @@ class JobDetailScreen(Screen):
         total = len(self._filtered()) if self.book is not None else 0
         title = f"Tasks · {self.task_filter or 'all'}"
         if total > TASK_PAGE:
-            title += f" · {self.task_offset + 1:,}–{self.task_offset + len(table.shown):,} of {total:,}"
+            title += f" · {page_range(self.task_offset, len(table.shown), total)}"
         else:
             title += f" · {total:,}"
         if table.marked:
             title += f" · {len(table.marked)} marked"
         panel = self.query_one("#tasks")
         panel.border_title = title
-        panel.border_subtitle = "␣ mark  a mark failed  t filter  [ ] page" if roomy(self) else ""
+        panel.border_subtitle = "␣ mark  a mark failed  1-6 filter  [ ] page  z large" if roomy(self) else ""
 
     # ------------------------------------------------------------------ preview
 
@@ -249,7 +271,7 @@ class JobDetailScreen(Screen):
     def _start_preview(self) -> None:
         task = self.query_one(TasksTable).selected_task
         preview = self.query_one(TaskPreview)
-        if task is None or not preview.display:
+        if task is None or not (preview.display or isinstance(self.app.screen, PreviewScreen)):
             return
         key = (task["task_id"], task.get("state"))
         if key in self._cache:
@@ -297,6 +319,24 @@ class JobDetailScreen(Screen):
         current = self.query_one(TasksTable).selected_task
         if current is not None and current["task_id"] == task["task_id"]:
             self.query_one(TaskPreview).show(current, *result)
+            for screen in self.app.screen_stack:
+                if isinstance(screen, PreviewScreen) and screen.detail is self:
+                    screen.show(current, result)
+
+    def preview_for(self, task: dict) -> tuple | None:
+        """The decoded images of `task` if loaded; else starts loading them (None meanwhile)."""
+        key = (task["task_id"], task.get("state"))
+        if key in self._cache:
+            return self._cache[key]
+        self._load_preview(dict(task))
+        return None
+
+    def move_task(self, delta: int) -> dict | None:
+        """Move the cursor `delta` rows (the large preview's up/down) and return the task there."""
+        table = self.query_one(TasksTable)
+        if table.row_count:
+            table.move_cursor(row=max(0, min(table.row_count - 1, table.cursor_row + delta)), animate=False)
+        return table.selected_task
 
     # ------------------------------------------------------------------ actions
 
@@ -314,10 +354,28 @@ class JobDetailScreen(Screen):
         self.app.cancel_job(self.job, self._targets(frozenset({"queued", "running"})))
 
     def action_retry(self) -> None:
-        self.app.retry_job(self.job, self._targets(frozenset({"failed", "cancelled"})))
+        targets = self._targets(frozenset({"failed", "cancelled"}))
+        self.app.retry_job(self.job, targets, failed_only=targets is None)
+
+    def action_retry_all(self) -> None:
+        self.app.retry_job(self.job)
 
     def action_fetch(self) -> None:
         self.app.fetch_job(self.job)
+
+    def action_delete(self) -> None:
+        self.app.delete_jobs([self.job])
+
+    def action_zoom(self) -> None:
+        task = self.query_one(TasksTable).selected_task
+        if task is None:
+            self.notify("No task selected.", severity="warning")
+            return
+        self.app.push_screen(PreviewScreen(self, task))
+
+    @on(DataTable.RowSelected, "#tasks")
+    def _task_selected(self) -> None:
+        self.action_zoom()
 
     def action_mark(self) -> None:
         self.query_one(TasksTable).toggle_mark()
@@ -343,14 +401,12 @@ class JobDetailScreen(Screen):
             self.query_one(TasksTable).land = land
             self.show_tasks()
 
-    def action_cycle_filter(self) -> None:
-        self.task_filter = TASK_FILTERS[(TASK_FILTERS.index(self.task_filter) + 1) % len(TASK_FILTERS)]
+    def action_filter(self, state: str | None) -> None:
+        self.task_filter = state
         self.task_offset = 0
         self.query_one(TasksTable).land = "top"
         self.show_tasks()
 
     def action_toggle_preview(self) -> None:
-        preview = self.query_one(TaskPreview)
-        preview.display = not preview.display
-        if preview.display:
-            self._schedule_preview()
+        self.preview_choice = not self.query_one(TaskPreview).display
+        self._fit_preview()

@@ -13,8 +13,9 @@ from shared.client import IMAGE_SUFFIXES
 def complete_path(value: str, dirs_only: bool = False, limit: int = 200) -> str | None:
     """The first completion of a partly typed path ('~/pho' -> '~/photos/'), or None.
 
-    Directories complete with a trailing slash; hidden entries only when the typed
-    name starts with a dot; files only if they look like images (unless dirs_only).
+    Folders come first, then images, each by name; directories complete with a trailing
+    slash; hidden (.git) and dunder (__pycache__) entries only when the typed name starts
+    that way; files only if they look like images (unless dirs_only).
     """
     if not value:
         return None
@@ -23,23 +24,30 @@ def complete_path(value: str, dirs_only: bool = False, limit: int = 200) -> str 
     head, tail = os.path.split(value)
     base = Path(os.path.expanduser(head or "."))
     try:
-        entries = sorted(os.scandir(base), key=lambda e: e.name)[:limit]
+        with os.scandir(base) as it:
+            entries = [e for e in it if e.name.startswith(tail) and not _hidden(e.name, tail)]
     except OSError:
         return None
+    candidates: list[tuple[bool, str]] = []
     for entry in entries:
-        name = entry.name
-        if not name.startswith(tail) or (name.startswith(".") and not tail.startswith(".")):
-            continue
         try:
             is_dir = entry.is_dir()
         except OSError:
             continue
-        if not is_dir and (dirs_only or Path(name).suffix.lower() not in IMAGE_SUFFIXES):
+        if not is_dir and (dirs_only or Path(entry.name).suffix.lower() not in IMAGE_SUFFIXES):
             continue
-        completed = name + (os.sep if is_dir else "")
+        candidates.append((not is_dir, entry.name))
+    for is_file, name in sorted(candidates)[:limit]:
+        completed = name + ("" if is_file else os.sep)
         if completed != tail:
             return value[: len(value) - len(tail)] + completed
     return None
+
+
+def _hidden(name: str, typed: str) -> bool:
+    """A dot or dunder entry the user did not start typing (.git, __pycache__)."""
+    return (name.startswith(".") and not typed.startswith(".")) or (name.startswith("__")
+                                                                    and not typed.startswith("_"))
 
 
 def count_images(value: str) -> tuple[int, str]:

@@ -12,6 +12,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
@@ -57,6 +58,24 @@ def split_paths(text: str) -> list[str]:
     except ValueError:
         parts = [text]
     return [os.path.expanduser(p) for p in parts if p.strip()]
+
+
+# what goes in "more options" for each processor (the form has fields for rembg's usual ones)
+OPTION_HINTS = {
+    "rembg": '{"alpha_matting_erode_size": 15}',
+    "noop": "none: the input comes back unchanged",
+    "sleep": '{"seconds": 30}',
+}
+
+
+class Check(Checkbox):
+    """A checkbox that reads as one: ✔ when on, an empty box when off (Textual's compact
+    style draws a dim X either way, so an unchecked box looked checked)."""
+
+    @property
+    def _button(self) -> Content:
+        button_style = self.get_visual_style("toggle--button")
+        return Content.assemble(("[", "dim"), ("✔" if self.value else " ", button_style), ("]", "dim"))
 
 
 class PathInput(Input):
@@ -111,12 +130,12 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
                 yield Input(placeholder="none, or #ffffff", id="bgcolor", compact=True)
                 yield Label("Priority")
                 yield Input("0", type="integer", id="priority", compact=True)
-                yield Label("Options JSON")
-                yield Input(placeholder='{"seconds": 30}', id="extra", compact=True)
+                yield Label("More options")
+                yield Input(placeholder=OPTION_HINTS["rembg"], id="extra", compact=True)
             with Horizontal(id="submit-checks"):
-                yield Checkbox("alpha matting", id="alpha_matting", compact=True)
-                yield Checkbox("only mask", id="only_mask", compact=True)
-                yield Checkbox("post-process mask", id="post_process_mask", compact=True)
+                yield Check("alpha matting", id="alpha_matting", compact=True)
+                yield Check("only mask", id="only_mask", compact=True)
+                yield Check("post-process mask", id="post_process_mask", compact=True)
             yield Static(id="submit-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Submit (ctrl+s)", id="do-submit", variant="primary", compact=True)
@@ -145,6 +164,9 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
         rembg = event.value == "rembg"
         for wid in ("#model", "#format", "#bgcolor", "#alpha_matting", "#only_mask", "#post_process_mask"):
             self.query_one(wid).disabled = not rembg
+        extra = self.query_one("#extra", Input)
+        extra.placeholder = OPTION_HINTS.get(str(event.value), "a JSON object")
+        extra.disabled = event.value == "noop"
 
     @on(Input.Submitted)
     def _enter(self) -> None:

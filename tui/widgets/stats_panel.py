@@ -15,37 +15,40 @@ from tui.widgets.sparkline import Sparkline
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
 
-def counts_line(stats: dict, narrow: bool) -> Text:
-    """'◌ 1,204 queued  ▶ 8 running  ✔ 10,233 done ...  │ 152 jobs' (compact when narrow)."""
-    num = fmt.compact if narrow else fmt.count
-    gap = " " if narrow else "  "
-    text = Text()
+def counts_line(stats: dict, narrow: bool, slim: bool = False) -> Text:
+    """'◌ 1,204 queued  ▶ 8 running  ✔ 10,233 done ...  │ 152 jobs' (compact when narrow; icons
+    and numbers only when slim, so 60 columns never wrap a label onto the next line)."""
+    num = fmt.compact if narrow or slim else fmt.count
+    gap = " " if narrow or slim else "  "
+    text = Text(no_wrap=True, overflow="ellipsis")
     for state in STATES:
         n = stats.get(state)
         style = fmt.STATE_STYLE[state] if n else "dim"
-        text.append(f"{fmt.STATE_ICON[state]} ", style=style)
+        text.append(f"{fmt.STATE_ICON[state]}" + ("" if slim else " "), style=style)
         text.append(num(n), style=f"bold {style}" if n else "dim")
-        text.append(f" {state}{gap}", style="dim" if not n else "")
-    if not narrow:
+        text.append(gap if slim else f" {state}{gap}", style="dim" if not n else "")
+    if not narrow and not slim:
         text.append("│ ", style="dim")
         text.append(num(stats.get("jobs")), style="bold")
         text.append(" jobs")
     return text
 
 
-def rates_line(stats: dict, narrow: bool = False) -> Text:
+def rates_line(stats: dict, narrow: bool = False, slim: bool = False) -> Text:
     """'12.3 tasks/s  12.3 img/s  queue 1,204  drain ~1m38s  workers 2/3  slots 8/12'."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(fmt.rate(stats.get("tasks_per_s")), style="bold #7dcfff")
     text.append(" tasks/s  ")
-    text.append(fmt.rate(stats.get("images_per_s")), style="bold #7dcfff")
-    text.append(" img/s  ")
+    if not slim:
+        text.append(fmt.rate(stats.get("images_per_s")), style="bold #7dcfff")
+        text.append(" img/s  ")
     text.append("queue ", style="dim")
     text.append(fmt.count(stats.get("queue_depth")), style="bold")
     text.append("  drain ", style="dim")
     text.append(drain_text(stats))
-    text.append("  workers ", style="dim")
-    text.append(f"{stats.get('workers_busy', 0)}/{stats.get('workers_total', 0)}", style="bold")
+    if not slim:
+        text.append("  workers ", style="dim")
+        text.append(f"{stats.get('workers_busy', 0)}/{stats.get('workers_total', 0)}", style="bold")
     text.append("  slots ", style="dim")
     text.append(f"{stats.get('slots_used', 0)}/{stats.get('slots_total', 0)}", style="bold")
     return text
@@ -108,24 +111,27 @@ class StatsPanel(Horizontal):
         self.update(self.stats)
 
     def update(self, stats: dict) -> None:
+        """`stats`: the broker's stats with the app's view on top (counts moved by job events,
+        workers and slots from the workers table, `chart` and `chart_label`)."""
         self.stats = stats
         text = self.query_one("#stats-text", Static)
         if roomy(self):
             text.update(wide_table(stats), layout=False)  # fixed size: skip relayout
         else:
+            slim = self.size.width < 70
             narrow = self.size.width < 100
             lines = Text("\n", no_wrap=True, overflow="ellipsis")
-            text.update(lines.join([counts_line(stats, narrow), rates_line(stats, narrow)]), layout=False)
+            text.update(lines.join([counts_line(stats, narrow, slim), rates_line(stats, narrow, slim)]),
+                        layout=False)
         spark = self.query_one(Sparkline)
-        history = [float(v) for v in (stats.get("history") or [])]
-        spark.data = tuple(history)
-        peak = max(history, default=0)
-        secs = len(history)
-        spark.border_title = f"tasks/s · last {fmt.duration(secs) if secs else '2m'}"
+        chart = [float(v) for v in (stats.get("chart") or stats.get("history") or [])]
+        spark.data = tuple(chart)
+        peak = max(chart, default=0)
+        spark.border_title = f"tasks/s · {stats.get('chart_label') or 'last 2m'}"
         spark.border_subtitle = f"peak {fmt.rate(peak)}/s"
         if stats.get("paused"):
             self.border_subtitle = "‖ dispatch paused (p resumes)"
             self.add_class("-paused")
         else:
-            self.border_subtitle = ""
+            self.border_subtitle = "" if roomy(self) else f"chart: tasks/s · {stats.get('chart_label') or 'last 2m'}"
             self.remove_class("-paused")
