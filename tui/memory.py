@@ -194,6 +194,7 @@ class MemorySource:
         self._events: deque[dict] = deque()
         self._subscribed = False
         self.down = False  # set True to act like an unreachable broker
+        self.silent = False  # set True to act like a broker that stopped answering (a hung host)
         self._by_id = {j["job_id"]: j for j in data.jobs}
 
     def connect(self, timeout: float = 0.0) -> MemorySource:
@@ -203,7 +204,7 @@ class MemorySource:
         pass
 
     def _check(self) -> None:
-        if self.down:
+        if self.down or self.silent:
             from shared.client import BrokerUnavailable
 
             raise BrokerUnavailable("no reply from broker at memory:// within 1s")
@@ -216,6 +217,11 @@ class MemorySource:
             return dict(self.data.stats)
 
     def probe(self, timeout: float) -> None:
+        if self.silent:
+            from shared.client import BrokerUnavailable
+
+            time.sleep(timeout)
+            raise BrokerUnavailable(f"no reply from broker at memory:// within {timeout:g}s")
         self._check()
 
     def workers(self) -> list[dict[str, Any]]:
@@ -277,6 +283,9 @@ class MemorySource:
         self._subscribed = False
 
     def next_events(self, timeout: float) -> list[dict]:
+        if self.silent:  # a hung broker: no error, just nothing (the feed's probe finds out)
+            time.sleep(timeout)
+            return []
         self._check()
         with self._lock:
             if not self._events:

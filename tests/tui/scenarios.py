@@ -19,7 +19,12 @@ from tests.tui.helpers import NOW, wait_until
 from tui.app import CutqApp
 from tui.feed import FeedConfig
 from tui.memory import MemorySource, memory_feed, sample_dataset
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import HelpScreen
 from tui.screens.job_detail import JobDetailScreen
+from tui.screens.preview import PreviewScreen
+from tui.screens.purge import PurgeScreen
+from tui.screens.worker_detail import WorkerDetailScreen
 from tui.widgets.preview import ImageSlot, detect_graphics
 
 STEADY = FeedConfig(flush_interval=0.05, silence_probe=3600, workers_resync=0, backoff_initial=5.0, backoff_max=5.0)
@@ -34,7 +39,7 @@ class Scene:
     name: str
     steps: Callable[[Any, CutqApp, MemorySource], Awaitable[None]] | None = None
     setup: Callable[[MemorySource], None] | None = None
-    sizes: tuple[tuple[int, int], ...] = ((80, 24), (160, 48))
+    sizes: tuple[tuple[int, int], ...] = ((80, 24), (160, 48), (60, 20))
     source: MemorySource | None = field(default=None, repr=False)
 
     def app(self) -> CutqApp:
@@ -58,8 +63,9 @@ async def open_first_job(pilot: Any, app: CutqApp, source: MemorySource) -> None
     await pilot.press("enter")
     screen = await wait_until(pilot, lambda: isinstance(app.screen, JobDetailScreen) and app.screen, 5)
     await wait_until(pilot, lambda: screen.book is not None, 5, "the job's tasks")
-    slot = screen.query_one("#preview-after", ImageSlot)
-    await wait_until(pilot, lambda: slot.source is not None and slot._image is not None, 10, "the preview")
+    if screen.query_one("#preview").display:  # below 24 rows it waits for v (or z)
+        slot = screen.query_one("#preview-after", ImageSlot)
+        await wait_until(pilot, lambda: slot.source is not None and slot._image is not None, 10, "the preview")
 
 
 async def open_failed_job(pilot: Any, app: CutqApp, source: MemorySource) -> None:
@@ -84,7 +90,7 @@ async def confirm_cancel(pilot: Any, app: CutqApp, source: MemorySource) -> None
 
 
 async def filter_failed(pilot: Any, app: CutqApp, source: MemorySource) -> None:
-    await pilot.press("t", "t", "t", "t")  # all -> queued -> running -> done -> failed
+    await pilot.press("5")  # 1 all, 2 queued, 3 running, 4 done, 5 failed, 6 cancelled
     await wait_until(pilot, lambda: app.jobs_query.state == "failed" and "jobs" in app.loaded
                      and all(j["state"] == "failed" for j in app.jobs_page), 5, "the failed jobs")
     await pilot.pause(0.2)
@@ -100,15 +106,63 @@ def paused(source: MemorySource) -> None:
     source.data.stats["paused"] = True
 
 
+async def help_screen(pilot: Any, app: CutqApp, source: MemorySource) -> None:
+    await pilot.press("question_mark")
+    await wait_until(pilot, lambda: isinstance(app.screen, HelpScreen), 5, "the help screen")
+    await pilot.pause(0.2)
+
+
+async def worker_detail(pilot: Any, app: CutqApp, source: MemorySource) -> None:
+    await pilot.press("w", "down", "enter")  # the workers table, its second row: gpu-box-1
+    screen = await wait_until(pilot, lambda: isinstance(app.screen, WorkerDetailScreen) and app.screen, 5)
+    await wait_until(pilot, lambda: screen.running, 10, "the names of its running tasks")
+    await pilot.pause(0.2)
+
+
+async def large_preview(pilot: Any, app: CutqApp, source: MemorySource) -> None:
+    await open_first_job(pilot, app, source)
+    await pilot.press("z")
+    screen = await wait_until(pilot, lambda: isinstance(app.screen, PreviewScreen) and app.screen, 5)
+    slot = screen.query_one("#large-after", ImageSlot)
+    await wait_until(pilot, lambda: slot.source is not None and slot._image is not None, 10, "the large preview")
+    await pilot.pause(0.2)
+
+
+async def delete_marked(pilot: Any, app: CutqApp, source: MemorySource) -> None:
+    await pilot.press("down", "down", "down", "space", "space", "d")  # mark the failed and the done job
+    await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the confirmation")
+    await pilot.pause(0.2)
+
+
+async def purge_dialog(pilot: Any, app: CutqApp, source: MemorySource) -> None:
+    await pilot.press("D")
+    await wait_until(pilot, lambda: isinstance(app.screen, PurgeScreen), 5, "the purge dialog")
+    await pilot.pause(0.2)
+
+
+async def sort_by_state(pilot: Any, app: CutqApp, source: MemorySource) -> None:
+    await pilot.press("o")  # submitted -> state (queued first)
+    await wait_until(pilot, lambda: app.shown_query.sort == "state" and app.jobs_page[0]["state"] == "queued", 5,
+                     "the jobs sorted by state")
+    await pilot.pause(0.2)
+
+
+SMALL = ((80, 24), (60, 20))
 SCENES = [
     Scene("overview"),
     Scene("job_detail", open_first_job),
     Scene("job_detail_failed", open_failed_job, sizes=((80, 24),)),
+    Scene("large_preview", large_preview, sizes=((80, 24),)),
     Scene("submit", submit_dialog),
     Scene("confirm_cancel", confirm_cancel, sizes=((80, 24),)),
+    Scene("delete_marked", delete_marked, sizes=((80, 24),)),
+    Scene("purge", purge_dialog, sizes=((80, 24),)),
     Scene("filter_failed", filter_failed, sizes=((80, 24),)),
-    Scene("broker_down", broker_down, sizes=((80, 24),)),
+    Scene("sort_by_state", sort_by_state, sizes=((80, 24),)),
+    Scene("broker_down", broker_down, sizes=SMALL),
     Scene("paused", setup=paused, sizes=((160, 48),)),
+    Scene("help", help_screen, sizes=SMALL),
+    Scene("worker_detail", worker_detail, sizes=((80, 24), (160, 48), (60, 20))),
 ]
 
 

@@ -20,6 +20,7 @@ from tui.messages import Connected, Disconnected, FeedBatch, JobDetail, JobMissi
 from tui.model import JobsQuery, TaskBook, Throughput, WorkerBook, merge_job, merge_task, page_range
 from tui.screens.paths import complete_path, count_images
 from tui.screens.submit import parse_color, split_paths
+from tui.widgets.keybar import hint_width, layout
 from tui.widgets.sparkline import bar_columns, bar_rows
 
 # ---------------------------------------------------------------- fmt
@@ -448,3 +449,46 @@ def test_feed_ignores_events_of_older_jobs_off_the_page() -> None:
         assert sum(isinstance(m, JobsPage) for m in rec.messages) == 2
     finally:
         feed.stop()
+
+
+# ---------------------------------------------------------------- consistent counts
+
+
+def job_event(jid: str, **counts) -> dict:
+    base = {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0}
+    return {"kind": "job", "job_id": jid, "total": 10, **base, **counts}
+
+
+def test_coalescer_moves_the_overview_counts_with_the_job_rows() -> None:
+    """Between two stats (once a second) the job rows move on; the batch says by how much, so
+    the overview never reads 95 done beside a row that says 500."""
+    c = Coalescer()
+    c.add([job_event("a", queued=10)])  # first heard of: its counts are in the next stats
+    c.add([{"kind": "stats", "done": 0, "queued": 10}])
+    c.add([job_event("a", queued=7, running=2, done=1), job_event("a", queued=5, running=2, done=3)])
+    batch = c.take()
+    assert batch.counts_delta == {"queued": -5, "running": 2, "done": 3}
+    c.add([job_event("a", running=1, done=8, failed=1)])
+    assert c.take().counts_delta == {"queued": -10, "running": 1, "done": 8, "failed": 1}  # since the stats
+    c.add([{"kind": "stats", "done": 8}])
+    assert c.take().counts_delta == {}  # a new stats holds it all
+    assert "a" in c.known
+    c.add([job_event("a", done=9, failed=1)])  # finished: forgotten (only a retry changes it again)
+    assert "a" not in c.known
+
+
+# ---------------------------------------------------------------- key bar
+
+
+def test_key_bar_keeps_whole_hints_help_first_quit_last() -> None:
+    items = [("⏎", "Open", "select_cursor"), ("s", "Submit", "app.submit"), ("c", "Cancel", "cancel"),
+             ("1-6", "Filter", "filter(None)"), ("q", "Quit", "app.quit"), ("?", "Help", "app.help")]
+    wide = layout(items, 80)
+    assert [h[2] for h in wide] == ["app.help", "select_cursor", "app.submit", "cancel", "filter(None)",
+                                    "app.quit"]
+    narrow = layout(items, 30, priority=("cancel",))
+    assert [h[1] for h in narrow] == ["Help", "Cancel", "Open", "Quit"]
+    assert sum(hint_width(h) for h in narrow) <= 30
+    assert [h[1] for h in layout(items, 8)] == ["Help"]
+    back = layout([*items, ("esc", "Back", "back")], 80)
+    assert back[-1][1] == "Back" and "Quit" not in [h[1] for h in back]

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from tui.app import CutqApp
 
 POLL_S = 2.0
-TASK_COLUMNS = (("task", "Task", None), ("state", "State", 11), ("job", "Job", 8), ("file", "File", 0),
+TASK_COLUMNS = (("task", "Task", 4), ("state", "State", 11), ("job", "Job", 8), ("file", "File", 0),
                 ("time", "Time", 8))
 NAMES_KEPT = 2000  # file names of tasks seen running, for the recent list
 
@@ -85,7 +85,7 @@ class WorkerDetailScreen(Screen):
         self.running: dict[int, dict[str, Any]] = {}  # task id -> its row from the broker (name, job, started)
         self._jobs: dict[str, str | None] = {}  # table row key -> job id
         self.names: dict[int, str] = {}  # task id -> file name, from every poll (recent tasks keep theirs)
-        self._file_width = 0
+        self._file_width: tuple[int, int] = (0, 0)
         self.ready = False
 
     @property
@@ -144,15 +144,18 @@ class WorkerDetailScreen(Screen):
     def on_resize(self) -> None:
         self.show()
 
-    def _columns(self, table: DataTable) -> None:
-        """The file name gets what the other columns leave (they are fixed or short)."""
-        width = max(8, table.size.width - 50)
-        if width == self._file_width and table.columns:
+    def _columns(self, table: DataTable, id_width: int) -> None:
+        """The file name gets what the other columns leave (they are fixed, the task id as wide as
+        the longest), so the time column stays on screen at 60 columns."""
+        widths = {key: w for key, _, w in TASK_COLUMNS} | {"task": max(4, id_width)}
+        others = sum(w or 0 for k, w in widths.items() if k != "file")
+        width = max(8, table.size.width - others - 2 * len(TASK_COLUMNS) - 1)
+        if (width, widths["task"]) == self._file_width and table.columns:
             return
-        self._file_width = width
+        self._file_width = (width, widths["task"])
         table.clear(columns=True)
-        for key, label, w in TASK_COLUMNS:
-            table.add_column(label, key=key, width=width if key == "file" else w)
+        for key, label, _ in TASK_COLUMNS:
+            table.add_column(label, key=key, width=width if key == "file" else widths[key])
 
     # ------------------------------------------------------------------ drawing
 
@@ -172,7 +175,9 @@ class WorkerDetailScreen(Screen):
 
     def _show_tasks(self, w: dict, now: float) -> None:
         table = self.query_one("#worker-tasks", DataTable)
-        self._columns(table)
+        recent = list(reversed(self.app.worker_book.recent.get(self.worker_name, ())))
+        ids = [*(w.get("tasks") or []), *(ev.get("task_id") for ev in recent)]
+        self._columns(table, max((len(str(t)) for t in ids), default=4))
         rows = []
         for tid in w.get("tasks") or []:
             t = self.running.get(tid, {})
@@ -181,7 +186,7 @@ class WorkerDetailScreen(Screen):
             rows.append((str(tid), Text(str(tid)), fmt.state_text("running"), Text(fmt.short_id(job) or "…"),
                          Text(str(t.get("name") or self.names.get(tid) or "…"), overflow="ellipsis", no_wrap=True),
                          Text(fmt.duration(now - started) if started else "–", justify="right"), job))
-        for ev in reversed(self.app.worker_book.recent.get(self.worker_name, ())):
+        for ev in recent:
             tid = ev.get("task_id")
             name = self.names.get(tid) or ""
             rows.append((f"r{tid}-{ev.get('t')}", Text(str(tid)), fmt.state_text(str(ev.get("state"))),
