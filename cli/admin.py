@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from cli.output import counts, print_json, size, table
+from cli.parsing import HelpFormatter, Subparsers, add_command, client_options, late_copy
 from shared.client import Client
 
 
@@ -66,37 +66,39 @@ def cmd_tenants(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-def register_stats(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def register_stats(sub: Subparsers) -> None:
     """Add stats and workers to `sub`."""
-    for name, func, helptext in (("stats", cmd_stats, "queue totals and throughput"),
+    for name, func, helptext in (("stats", cmd_stats, "queue totals, throughput, workers and storage"),
                                  ("workers", cmd_workers, "connected workers")):
-        c = sub.add_parser(name, help=helptext)
-        c.add_argument("--json", action="store_true")
+        c = add_command(sub, name, help=helptext)
+        client_options(c)
         c.set_defaults(func=func)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers) -> None:
     """Add tenants (with `tenants set`), pause and resume to `sub`."""
-    tn = sub.add_parser("tenants", help="tenants: shares, limits and counts")
-    tn.add_argument("--json", action="store_true")
-    tsub = tn.add_subparsers(dest="tenants_command", metavar="ACTION")
-    # `set` also takes the global flags after its own (`tenants set A --weight 3 --connect X`);
-    # SUPPRESS keeps one given before `set` from being reset to its default
-    late = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    for action in common._actions:
-        extra: dict[str, Any] = {"type": action.type} if action.type else {}
-        late.add_argument(*action.option_strings, dest=action.dest, action=type(action), help=action.help, **extra)
-    late.add_argument("--json", action="store_true")
-    ts = tsub.add_parser("set", parents=[late], help="set a tenant's weight and limits (admin)")
-    ts.add_argument("tenant")
+    tn = add_command(sub, "tenants", help="tenants: shares, limits and counts",
+                     description="Each tenant's share of the workers (weight), limits, task counts and pause "
+                                 "flag; `cutq tenants set T ...` changes a tenant's (admin).")
+    client_options(tn)
+    tsub = tn.add_subparsers(dest="tenants_command", metavar="ACTION", title="actions",
+                             help="one of these:")
+    ts = tsub.add_parser("set", help="set a tenant's weight and limits (admin)", formatter_class=HelpFormatter,
+                         description="Set a tenant's weight and limits (admin); options not given are kept.")
+    ts.add_argument("tenant", help="the tenant's name")
     ts.add_argument("--weight", type=float, help="share of the workers relative to other tenants")
-    ts.add_argument("--max-running", type=int, help="most tasks running at once (0: no cap)")
-    ts.add_argument("--rate", type=float, help="most tasks started per second (0: no cap)")
-    ts.add_argument("--max-queued", type=int, help="most tasks queued; submits beyond are refused (0: no cap)")
+    ts.add_argument("--max-running", type=int, metavar="N", help="most tasks running at once (0: no cap)")
+    ts.add_argument("--rate", type=float, metavar="PER_S", help="most tasks started per second (0: no cap)")
+    ts.add_argument("--max-queued", type=int, metavar="N",
+                    help="most tasks queued; submits beyond are refused (0: no cap)")
+    # `set` also takes the command's options after its own (`tenants set A --weight 3 --connect X`)
+    late_copy(tn, ts)
     tn.set_defaults(func=cmd_tenants)
 
     for name in ("pause", "resume"):
-        c = sub.add_parser(name, help=f"{name} dispatch (persisted by the broker)")
-        c.add_argument("--tenant")
-        c.add_argument("--json", action="store_true")
+        c = add_command(sub, name, help=f"{name} dispatch (persisted by the broker)",
+                        description=f"{name.capitalize()} dispatch to workers, for every tenant or one "
+                                    "(admin); persisted by the broker. Running tasks go on.")
+        c.add_argument("--tenant", help="only this tenant's tasks (default: every tenant)")
+        client_options(c)
         c.set_defaults(func=cmd_pause)

@@ -8,15 +8,15 @@ from pathlib import Path
 
 from cli.daemons import duration
 from cli.output import print_json, size
+from cli.parsing import Subparsers, add_command, client_options, data_dir, job_argument
 from shared.client import Client
-from shared.config import default_data_dir
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
 def cmd_delete(args: argparse.Namespace, client: Client) -> int:
     r = client.delete(args.job)
-    print_json(r) if args.json else print(f"deleted job {args.job} with its images and results")
+    print_json(r) if args.json else print(f"deleted job {r.get('job_id') or args.job} with its images and results")
     return 0
 
 
@@ -46,26 +46,28 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers) -> None:
     """Add delete, purge and backup to `sub`."""
-    d = sub.add_parser("delete", help="cancel a job, then remove it with its images and results")
-    d.add_argument("job")
-    d.add_argument("--json", action="store_true")
+    d = add_command(sub, "delete", help="cancel a job, then remove it with its images and results")
+    job_argument(d)
+    client_options(d)
     d.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("purge", help="delete finished jobs (a client key: its own tenant's only)")
-    p.add_argument("--state", choices=FINAL_STATES, help="only jobs in this state")
+    p = add_command(sub, "purge", help="delete finished jobs (a client key: its own tenant's only)",
+                    description="Delete finished jobs with their images and results; the filters combine. "
+                                "A client key purges its own tenant's only.")
+    p.add_argument("--state", choices=FINAL_STATES, help="only jobs in this state (default: any finished)")
     p.add_argument("--older-than", type=duration, metavar="DURATION",
-                   help="only jobs submitted at least this long ago: 30s, 15m, 1h, 7d")
-    p.add_argument("--tenant", help="only this tenant's jobs (admin)")
-    p.add_argument("--json", action="store_true")
+                   help="only jobs submitted at least this long ago: 30s, 15m, 1h, 7d (default: any age)")
+    p.add_argument("--tenant", help="only this tenant's jobs (admin; default: every tenant)")
+    client_options(p)
     p.set_defaults(func=cmd_purge)
 
-    b = sub.add_parser("backup", help="copy the broker's database, images and keys while it runs "
-                                      "(on the broker's machine)")
+    b = add_command(sub, "backup", help="copy the broker's database, images and keys while it runs "
+                                        "(on the broker's machine)")
     b.add_argument("dest", help="a new or empty folder")
-    b.add_argument("--data", default=str(default_data_dir()), help="the broker's data directory ($CUTQ_DATA)")
+    data_dir(b)
     b.add_argument("--copy", action="store_true",
                    help="copy the images even when DEST is on the same file system (default: hard links)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--json", action="store_true", help="print JSON instead of text")
     b.set_defaults(func=cmd_backup, daemon=True)

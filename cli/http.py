@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from cli.output import ago, print_json, table
+from cli.parsing import HelpFormatter, Subparsers, add_command, client_options, late_copy
 from shared.security import Credentials
 
 _DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -98,9 +99,12 @@ def _megabytes(value: str) -> float:
     return n
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    """Add http and tokens to `sub` (whose add_parser already adds `common`)."""
-    h = sub.add_parser("http", help="the REST gateway: HTTP in front of the broker (FastAPI on uvicorn)")
+def register(sub: Subparsers) -> None:
+    """Add http and tokens to `sub`."""
+    h = add_command(sub, "http", help="the REST gateway: HTTP in front of the broker (FastAPI on uvicorn)",
+                    description="Serve the REST gateway: HTTP in front of the broker, for web shops and "
+                                "scripts; API tokens bind each caller to a tenant.")
+    client_options(h, json=False)
     h.add_argument("--listen", default=_DEFAULT_LISTEN, metavar="HOST:PORT",
                    help="address to serve on (default %(default)s; [::1]:PORT for IPv6)")
     h.add_argument("--tokens", metavar="FILE",
@@ -108,29 +112,38 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                         "without one every request acts for tenant 'default' and only loopback is served")
     h.add_argument("--insecure", action="store_true",
                    help="serve a non-loopback address without API tokens (anyone may submit and read jobs)")
-    h.add_argument("--max-upload-mb", type=_megabytes, default=1024.0,
+    h.add_argument("--max-upload-mb", type=_megabytes, default=1024.0, metavar="MIB",
                    help="largest request body, in MiB (default %(default)g); bigger ones get 413")
-    h.add_argument("--max-streams", type=int, default=256, help="most event streams open at once (one thread each)")
+    h.add_argument("--max-streams", type=int, default=256, metavar="N",
+                   help="most event streams open at once (one thread each)")
     h.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                   help="a web page's origin (https://shop.example) allowed to call the API from a browser; repeat")
+                   help="a web page's origin (https://shop.example) allowed to call the API from a browser; "
+                        "repeat for more (default: none)")
     h.add_argument("--access-log", action="store_true", help="log every request (never its token)")
     h.set_defaults(func=cmd_http, daemon=True)
 
-    t = sub.add_parser("tokens", help="API tokens of the HTTP gateway (add prints the token once)")
-    t.add_argument("--file", help="the tokens file ($CUTQ_TOKENS; default ~/.config/cutq/http-tokens.json)")
-    t.add_argument("--json", action="store_true")
-    tsub = t.add_subparsers(dest="tokens_command", required=True, metavar="ACTION")
-    ta = tsub.add_parser("add", help="create a token bound to a tenant and a role; prints it once")
-    ta.add_argument("name")
+    t = add_command(sub, "tokens", help="API tokens of the HTTP gateway (add prints the token once)",
+                    description="API tokens of the HTTP gateway, in its tokens file: each bound to a tenant "
+                                "and a role. `add` prints the token once; the file keeps only its SHA-256.")
+    t.add_argument("--file", metavar="FILE",
+                   help="the tokens file ($CUTQ_TOKENS; default ~/.config/cutq/http-tokens.json)")
+    t.add_argument("--json", action="store_true", help="print JSON instead of text")
+    tsub = t.add_subparsers(dest="tokens_command", required=True, metavar="ACTION", title="actions",
+                             help="one of these:")
+
+    def action(name: str, helptext: str) -> argparse.ArgumentParser:
+        a: argparse.ArgumentParser = tsub.add_parser(name, help=helptext, description=helptext[:1].upper()
+                                                     + helptext[1:] + ".", formatter_class=HelpFormatter)
+        return a
+
+    ta = action("add", "create a token bound to a tenant and a role; prints it once")
+    ta.add_argument("name", help="the token's name (for list and revoke)")
     ta.add_argument("--tenant", help="the tenant a client token acts for (admin: the default tenant to submit as)")
     ta.add_argument("--role", default="client", choices=["client", "admin"],
                     help="client: its tenant's jobs only; admin: every tenant (needs an admin broker key or open mode)")
-    ta.add_argument("--file", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    ta.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    tsub.add_parser("list", help="tokens: name, tenant, role, state (never the token)")
-    tr = tsub.add_parser("revoke", help="revoke a token (a running gateway refuses it at once)")
-    tr.add_argument("name")
-    for p in (tsub.choices["list"], tr):
-        p.add_argument("--file", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    tl = action("list", "tokens: name, tenant, role, state (never the token)")
+    tr = action("revoke", "revoke a token (a running gateway refuses it at once)")
+    tr.add_argument("name", help="the token's name")
+    for a in (ta, tl, tr):  # `tokens add X --file F` as well as `tokens --file F add X`
+        late_copy(t, a)
     t.set_defaults(func=cmd_tokens, daemon=True)

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from cli.output import print_json, table
+from cli.parsing import HelpFormatter, Subparsers, add_command, data_dir, late_copy
 from shared.client import CutqError
-from shared.config import default_data_dir
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -45,20 +45,32 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def register(sub: Subparsers) -> None:
     """Add keys with its actions to `sub`."""
-    k = sub.add_parser("keys", help="CURVE keys and roles (run on the broker's machine)")
-    k.add_argument("--data", default=str(default_data_dir()), help="the broker's data directory")
-    k.add_argument("--json", action="store_true")
-    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    ksub.add_parser("init", help="create the broker's key pair (turns CURVE on)")
-    ka = ksub.add_parser("add", help="create and register a key for a peer")
-    ka.add_argument("name")
+    k = add_command(sub, "keys", help="CURVE keys and roles (run on the broker's machine)",
+                    description="CURVE keys and roles, kept in the broker's data directory: `init` turns "
+                                "encryption and authentication on; the broker reads added and revoked keys "
+                                "while it runs.")
+    data_dir(k)
+    k.add_argument("--json", action="store_true", help="print JSON instead of text")
+    ksub = k.add_subparsers(dest="keys_command", required=True, metavar="ACTION", title="actions",
+                             help="one of these:")
+
+    def action(name: str, helptext: str) -> argparse.ArgumentParser:
+        a: argparse.ArgumentParser = ksub.add_parser(name, help=helptext, description=helptext[:1].upper()
+                                                     + helptext[1:] + ".", formatter_class=HelpFormatter)
+        return a
+
+    ki = action("init", "create the broker's key pair (turns CURVE on)")
+    ka = action("add", "create and register a key for a peer")
+    ka.add_argument("name", help="the key's name (its files are NAME.key and NAME.key_secret)")
     ka.add_argument("--role", required=True, choices=["client", "admin", "worker", "gateway"],
                     help="client: its tenant's jobs; admin: everything; worker: runs tasks; "
                          "gateway: the HTTP gateway, acting for the tenant each request names")
     ka.add_argument("--tenant", help="the tenant a client key acts for")
-    ksub.add_parser("list", help="registered keys")
-    kr = ksub.add_parser("revoke", help="revoke a key (takes effect on a running broker)")
-    kr.add_argument("name")
+    kl = action("list", "registered keys")
+    kr = action("revoke", "revoke a key (takes effect on a running broker)")
+    kr.add_argument("name", help="the key's name")
+    for a in (ki, ka, kl, kr):  # `keys add X --data D` as well as `keys --data D add X`
+        late_copy(k, a)
     k.set_defaults(func=cmd_keys, daemon=True)

@@ -2,8 +2,9 @@
 
 Client commands go through shared.client; every read command has --json; errors
 are one line on stderr (set CUTQ_DEBUG=1 for a traceback).  Exit codes: 0 ok,
-1 a job or task did not succeed (or an unexpected error), 2 a refused request,
-3 no broker.
+1 a job or task did not succeed (or an unexpected error), 2 a refused request or
+bad input (a usage error, a bad endpoint, a file or folder that cannot be read or
+written, an unknown or ambiguous job id), 3 no broker, 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from importlib import metadata
 
 from cli import admin, daemons, data, http, jobs, keys
+from cli.parsing import HelpFormatter, Parser
 from shared.client import BrokerUnavailable, Client, CutqError
-from shared.config import default_endpoint
 from shared.security import Credentials, CredentialsError
 
 # errors of the daemons' own set-up that deserve one line and exit 2, by module and class name:
@@ -25,25 +26,28 @@ from shared.security import Credentials, CredentialsError
 _SETUP_ERRORS = (("broker.keys", "KeysError"), ("broker.server", "BrokerSetupError"))
 
 
+def version() -> str:
+    """The installed distribution's version ("unknown" when cutq runs from a bare checkout)."""
+    try:
+        return metadata.version("cutq")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--connect", default=default_endpoint(), help="broker endpoint ($CUTQ_CONNECT)")
-    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the broker")
-    common.add_argument("-v", "--verbose", action="store_true", help="log more")
-    common.add_argument("--key", help="this peer's secret CURVE certificate ($CUTQ_KEY)")
-    common.add_argument("--server-key", help="the broker's public CURVE certificate ($CUTQ_SERVER_KEY)")
-    parser = argparse.ArgumentParser(prog="cutq", description="A distributed background-removal queue.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_parser = sub.add_parser
-
-    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return _add_parser(name, parents=[common], **kwargs)
-
-    sub.add_parser = add_parser  # type: ignore[method-assign]
+    parser = Parser(prog="cutq", formatter_class=HelpFormatter,
+                    description="A distributed background-removal queue: a broker, rembg workers, and this "
+                                "command to submit images, follow jobs and fetch the cut-outs.",
+                    epilog="`cutq COMMAND --help` describes a command. Exit codes: 0 ok, 1 a job or task did "
+                           "not succeed, 2 a refused request or bad input, 3 no broker, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"cutq {version()}",
+                        help="print cutq's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands",
+                               help="one of these:")
     # in this order, so `cutq --help` lists the commands as it always has
     for register in (daemons.register, jobs.register, admin.register_stats, keys.register, admin.register,
                      data.register, http.register):
-        register(sub, common)
+        register(sub)
     return parser
 
 
@@ -53,6 +57,13 @@ def _setup_error(e: Exception) -> bool:
         if cls is not None and isinstance(e, cls):
             return True
     return False
+
+
+def _unavailable(e: BrokerUnavailable, args: argparse.Namespace) -> str:
+    keys = getattr(args, "key", None) or os.environ.get("CUTQ_KEY")
+    hint = "is `cutq broker` running? set --connect or CUTQ_CONNECT" + (
+        "; are --key and --server-key this broker's?" if keys else "")
+    return f"cutq: {e} ({hint})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,13 +81,20 @@ def main(argv: list[str] | None = None) -> int:
         with Client(args.connect, timeout=args.timeout, credentials=credentials) as client:
             return int(func(args, client))
     except BrokerUnavailable as e:
-        print(f"cutq: {e} (is `cutq broker` running? set --connect or CUTQ_CONNECT)", file=sys.stderr)
+        print(_unavailable(e, args), file=sys.stderr)
         return 3
     except (CutqError, CredentialsError) as e:
         print(f"cutq: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("cutq: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a local file or folder: say which, in one line
+        if os.environ.get("CUTQ_DEBUG"):
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"cutq: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except Exception as e:  # the promise: one line, never a traceback (CUTQ_DEBUG=1 for one)
         if os.environ.get("CUTQ_DEBUG"):
             raise

@@ -70,3 +70,44 @@ class UploadLine:
             self.stream.write("\n")
             self.stream.flush()
             self.drawn = False
+
+
+def short_counts(d: dict[str, Any]) -> str:
+    """`q1 r0 d5 f0 c0`: counts() for a narrow terminal."""
+    return " ".join(f"{s[0]}{d.get(s, 0)}" for s in TASK_STATES)
+
+
+def watch_line(status: dict[str, Any], width: int, note: str = "") -> str:
+    """One job's progress in at most `width` characters: id, bar, ended/total, state, `note`
+    (such as "dispatch paused") and the per-state counts, the bar and counts shrinking to fit."""
+    total = status["total"]
+    ended = total - status["queued"] - status["running"]
+    head = f"{status['job_id']} "
+    tail = f" {ended}/{total} {status['state']}" + (f" ({note})" if note else "")
+    for extra in ("  " + counts(status), "  " + short_counts(status), ""):
+        room = width - len(head) - len(tail) - len(extra) - 2
+        if room >= 10:
+            return head + bar(ended, total, min(30, room)) + tail + extra
+    return (head + tail.lstrip())[:max(0, width)]
+
+
+class LiveLine:
+    """A line redrawn in place on a terminal: cursor back to its start (up as many rows as a
+    resize made it wrap), clear to the end of the screen, draw; `end()` moves below it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.shown = 0  # characters of the line now on the screen (0: none)
+
+    def draw(self, line: str, columns: int) -> None:
+        rows_up = max(0, (self.shown - 1) // max(1, columns)) if self.shown else 0
+        up = f"\x1b[{rows_up}A" if rows_up else ""
+        self.stream.write(f"{up}\r{line}\x1b[J")
+        self.stream.flush()
+        self.shown = len(line)
+
+    def end(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = 0

@@ -42,9 +42,17 @@ def _wait_for_broker(endpoint: str, timeout: float) -> None:
                     raise
 
 
+def local_endpoint(bind: str) -> str:
+    """Where this machine reaches a broker bound on `bind` (tcp://*:5555 -> tcp://127.0.0.1:5555)."""
+    for wildcard in ("://*:", "://0.0.0.0:"):
+        bind = bind.replace(wildcard, "://127.0.0.1:")
+    return bind.replace("://[::]:", "://[::1]:")
+
+
 def up(args: argparse.Namespace) -> int:
     """Run the whole system locally until the dashboard (or the watch) ends."""
     cutq = [sys.executable, "-m", "cli"]
+    connect = local_endpoint(args.bind)
     log_dir = Path(args.data) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     children: list[subprocess.Popen[bytes]] = []
@@ -54,25 +62,25 @@ def up(args: argparse.Namespace) -> int:
         children.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     try:
-        spawn("broker", [*cutq, "broker", "--bind", args.connect, "--data", args.data])
-        _wait_for_broker(args.connect, 15.0)
+        spawn("broker", [*cutq, "broker", "--bind", args.bind, "--data", args.data])
+        _wait_for_broker(connect, 15.0)
         for i in range(args.workers):
-            spawn(f"worker-{i}", [*cutq, "worker", "--connect", args.connect, "--concurrency", "1",
+            spawn(f"worker-{i}", [*cutq, "worker", "--connect", connect, "--concurrency", "1",
                                   "--name", f"local-{i}"])
-        print(f"cutq up: broker on {args.connect}, {args.workers} worker(s), logs in {log_dir}", file=sys.stderr)
+        print(f"cutq up: broker on {args.bind}, {args.workers} worker(s), logs in {log_dir}", file=sys.stderr)
         job_id = None
         photos = [] if args.no_samples else sample_photos()
         if photos:
-            with Client(args.connect) as client:
+            with Client(connect) as client:
                 job_id = client.submit_paths(photos)
             print(f"cutq up: submitted {len(photos)} sample photos as job {job_id}", file=sys.stderr)
         if args.no_tui:
             from cli.main import main
 
-            return main(["watch", job_id, "--connect", args.connect]) if job_id else 0
+            return main(["watch", job_id, "--connect", connect]) if job_id else 0
         from tui.app import run
 
-        run(args.connect)
+        run(connect)
         return 0
     finally:
         for child in reversed(children):

@@ -5,12 +5,17 @@ replies by `req` id, pushed events buffered in between.  Use one Client per thre
 A job bigger than one part (8 MiB) is streamed: `UploadStart`, parts of about the
 broker's part size with a few in flight, then one `Submit` naming the upload, so
 neither side ever holds the whole job in memory.  Never imports textual.
+
+Until the broker has answered once, a request waits at most `connect_timeout` (3 s)
+for the connection itself, so a broker that is not there is reported within seconds
+whatever the request's own timeout; once it has answered, waits are the request's.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -32,6 +37,8 @@ UPLOAD_WINDOW = 4  # parts sent and not yet acknowledged, at most
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the broker's default --max-message-mb
 PART_MAX_NAMES = 1000  # images in one part, at most (its body stays small)
 _FRAMES_OVERHEAD = 512  # version, type and msgpack body around one image, besides its name
+CONNECT_TIMEOUT = 3.0  # first contact: seconds to wait for the connection before saying there is no broker
+JOB_SORTS: tuple[str, ...] = ("created", "state", "progress", "errors", "tenant")  # what ListJobs sorts by
 
 Progress = Callable[[int, "int | None"], None]  # (bytes acknowledged, total bytes or None if unknown)
 
@@ -51,20 +58,51 @@ class BrokerUnavailable(CutqError):
         super().__init__(message, code="unavailable")
 
 
+def endpoint_problem(endpoint: str) -> str:
+    """Why `endpoint` cannot name a broker to connect to ("" when it can): tcp://HOST:PORT,
+    ipc://PATH or inproc://NAME.  ZeroMQ itself takes `tcp://host:99999` and fails later."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or not rest:
+        return "expected tcp://HOST:PORT or ipc://PATH"
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or host == "*" or not port.isdigit() or not 0 < int(port) < 65536:
+            return "expected tcp://HOST:PORT with a host name or address and a port from 1 to 65535"
+    elif scheme not in ("ipc", "inproc"):
+        return f"unknown transport {scheme!r}: expected tcp://HOST:PORT or ipc://PATH"
+    return ""
+
+
 def collect_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand files and directories (non-recursive, sorted) into image files to submit."""
     found: list[Path] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
-        elif path.is_file():
+        if _input_file(path) is not None:
             found.append(path)
-        else:
-            raise CutqError(f"no such file or directory: {path}", code="bad_request")
+            continue
+        try:
+            found.extend(sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        except OSError as e:
+            raise CutqError(f"cannot list the folder {path}: {e.strerror or e}", code="bad_request") from None
     if not found:
         raise CutqError("no image files to submit", code="bad_request")
     return found
+
+
+def _input_file(path: Path) -> Path | None:
+    """`path` itself if it is a regular file, None if a directory; CutqError otherwise."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CutqError(f"no such file or directory: {path}", code="bad_request") from None
+    except OSError as e:
+        raise CutqError(f"cannot read {path}: {e.strerror or e}", code="bad_request") from None
+    if stat.S_ISDIR(mode):
+        return None
+    if not stat.S_ISREG(mode):
+        raise CutqError(f"not a regular file: {path}", code="bad_request")
+    return path
 
 
 class Client:
@@ -78,12 +116,20 @@ class Client:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         credentials: Credentials | None = None,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
+        connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
         """`credentials` default to $CUTQ_KEY/$CUTQ_SERVER_KEY when set (CURVE), else none.
-        `max_message_bytes`: the broker's cap on one message; a bigger image is refused here."""
+        `max_message_bytes`: the broker's cap on one message; a bigger image is refused here.
+        `connect_timeout`: until the broker first answers, the longest wait for a connection.
+        A malformed endpoint raises CutqError (code bad_endpoint) here, before any socket."""
         self.endpoint = endpoint or default_endpoint()
+        problem = endpoint_problem(self.endpoint)
+        if problem:
+            raise CutqError(f"bad broker endpoint {self.endpoint!r}: {problem}", code="bad_endpoint")
         self.credentials = credentials if credentials is not None else Credentials.from_env(os.environ)
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.answered = False  # has the broker ever answered this client? (then waits are the requests' own)
         self.max_message_bytes = max_message_bytes
         self._own_context = context is None
         self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
@@ -99,9 +145,15 @@ class Client:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # don't queue requests for a broker that isn't there
-        if self.credentials is not None:
-            self.credentials.apply(sock)
-        sock.connect(self.endpoint)
+        try:
+            if self.credentials is not None:
+                self.credentials.apply(sock)
+            sock.connect(self.endpoint)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            if self._own_context:
+                self._ctx.term()
+            raise CutqError(f"bad broker endpoint {self.endpoint!r}: {e.strerror}", code="bad_endpoint") from None
         self._sock = sock
 
     def _reconnect(self) -> None:
@@ -129,20 +181,24 @@ class Client:
         if not self._sock.poll(max(0, int(timeout * 1000))):
             return None
         frames = self._sock.recv_multipart(copy=True)
+        self.answered = True
         try:
             return p.decode(frames)
         except p.ProtocolError:
             return None  # a garbled frame from the broker is dropped, not fatal
 
     def _send(self, msg: p.Message, timeout: float) -> int:
-        """Give `msg` a fresh req id and send it; BrokerUnavailable if not connected within `timeout`."""
+        """Give `msg` a fresh req id and send it; BrokerUnavailable if not connected in time:
+        within `timeout` and the client's timeout, and `connect_timeout` until the broker
+        has answered once (so no broker is reported in seconds, whatever the request)."""
         assert self._sock is not None
         req = next(self._ids)
         msg.req = req  # type: ignore[attr-defined]
+        wait = min(timeout, self.timeout) if self.answered else min(timeout, self.timeout, self.connect_timeout)
         # IMMEDIATE: the socket takes a message only once connected; wait for that, bounded
-        if not self._sock.poll(max(0, int(timeout * 1000)), zmq.POLLOUT):
+        if not self._sock.poll(max(0, int(wait * 1000)), zmq.POLLOUT):
             self._reconnect()
-            raise BrokerUnavailable(f"cannot connect to broker at {self.endpoint} within {timeout:g}s")
+            raise BrokerUnavailable(f"cannot connect to broker at {self.endpoint} within {wait:g}s")
         self._sock.send_multipart(p.encode(msg), copy=False)
         return req
 
@@ -286,21 +342,33 @@ class Client:
         files = collect_images(paths)
         total = 0
         for f in files:
-            size = f.stat().st_size
+            try:
+                size = f.stat().st_size
+            except OSError as e:
+                raise CutqError(f"cannot read {f}: {e.strerror or e}", code="bad_request") from None
             self._check_image(f.name, size)
             total += size
         kwargs.setdefault("total_bytes", total)
         return self.submit(_read_lazily(files), **kwargs)
 
-    def status(self, job_id: str, *, tasks: bool = True) -> dict[str, Any]:
-        """The job's state, per-state task counts and (with tasks=True) its task rows."""
-        return self._request(p.Status(req=0, job_id=job_id, tasks=tasks)).data
+    def status(self, job_id: str, *, tasks: bool = True, task_state: str | None = None, task_limit: int = 0,
+               task_offset: int = 0) -> dict[str, Any]:
+        """The job's state, per-state task counts and (with tasks=True) its task rows.
+
+        `job_id` may be any unique prefix of an id (the reply's `job_id` is the whole one);
+        an ambiguous one is refused with code ambiguous.  The rows can be a page, paged by
+        the broker: `task_limit` rows (0: all) from `task_offset`, only `task_state` ones."""
+        return self._request(p.Status(req=0, job_id=job_id, tasks=tasks, task_state=task_state,
+                                      task_limit=task_limit, task_offset=task_offset)).data
 
     def list_jobs(
-        self, state: str | None = None, *, search: str | None = None, limit: int = 50, offset: int = 0
+        self, state: str | None = None, *, search: str | None = None, limit: int = 50, offset: int = 0,
+        sort: str = "created", descending: bool = True,
     ) -> dict[str, Any]:
-        """A page of jobs, newest first: {"jobs": [...], "total": N}."""
-        return self._request(p.ListJobs(req=0, state=state, search=search, limit=limit, offset=offset)).data
+        """A page of jobs: {"jobs": [...], "total": N}, every job sorted by the broker by `sort`
+        (one of JOB_SORTS; newest first among equals), highest first unless not `descending`."""
+        return self._request(p.ListJobs(req=0, state=state, search=search, limit=limit, offset=offset,
+                                        sort=sort, descending=descending)).data
 
     def stats(self) -> dict[str, Any]:
         """Task counts by state, queue depth, throughput and worker totals."""
@@ -357,7 +425,8 @@ class Client:
         reply = self._request(p.Fetch(req=0, task_id=task_id, what=what), timeout=max(self.timeout, 60.0))
         return reply.data, reply.blobs[0]
 
-    def fetch(self, job_id: str, out_dir: str | os.PathLike[str], *, problems: list[str] | None = None) -> list[Path]:
+    def fetch(self, job_id: str, out_dir: str | os.PathLike[str], *, problems: list[str] | None = None,
+              not_done: list[dict[str, Any]] | None = None) -> list[Path]:
         """Write every done task's result of a job into out_dir; returns the files written.
 
         Each file is named by `shared.names.safe_result_name` (`<input stem>.<ext>`, one path
@@ -366,15 +435,19 @@ class Client:
         temporary name then renamed.  A result that cannot be fetched or written is skipped
         and the others still written: its one-line reason goes to `problems` if given, else a
         CutqError naming them is raised at the end.  No broker (BrokerUnavailable) stops at once.
+        The tasks that are not done (failed, cancelled, still queued or running) are appended
+        to `not_done` if given.  `job_id` may be a unique prefix.  A folder that cannot be
+        made is a CutqError naming it, raised before anything is asked of the broker.
         """
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        root = out.resolve()
+        root = make_folder(out)
         written: list[Path] = []
         skipped: list[str] = []
         taken: set[str] = set()
         for task in self.status(job_id)["tasks"]:
             if task["state"] != "done":
+                if not_done is not None:
+                    not_done.append(task)
                 continue
             label = f"task {task['task_id']} ({_label(task['name'])})"
             try:
@@ -450,6 +523,7 @@ class Client:
         self.subscribe(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         status = self.status(job_id, tasks=False)
+        job_id = status["job_id"]  # the whole id, if a prefix named it
         while status["state"] not in TERMINAL:
             if deadline is not None and time.monotonic() >= deadline:
                 raise CutqError(f"job {job_id} still {status['state']} after {timeout:g}s", code="timeout")
@@ -486,9 +560,26 @@ def _parts(items: Iterable[tuple[str, bytes]], part_bytes: int) -> Iterator[list
 
 
 def _read_lazily(files: list[Path]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each file, read only when asked for."""
+    """(name, bytes) of each file, read only when asked for (CutqError naming one that cannot be)."""
     for f in files:
-        yield f.name, f.read_bytes()
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            raise CutqError(f"cannot read {f}: {e.strerror or e}", code="bad_request") from None
+        yield f.name, data
+
+
+def make_folder(path: Path) -> Path:
+    """Create the folder `path` (and its parents) if need be; its resolved path.  CutqError
+    (code bad_request), one line naming the folder, when it cannot be made or is not a folder."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CutqError(f"cannot write results into {path}: it exists and is not a folder",
+                        code="bad_request") from None
+    except OSError as e:
+        raise CutqError(f"cannot create the folder {path}: {e.strerror or e}", code="bad_request") from None
+    return path.resolve()
 
 
 def result_filename(input_name: str, ext: str) -> str:
