@@ -73,7 +73,7 @@ class Actions:
 
     def cancel_jobs(self: CutqApp, jobs: list[dict]) -> None:
         """Cancel every queued and running task of these jobs (after a yes)."""
-        if not jobs or not self.connected_or_say("cancel"):
+        if not self.connected_or_say("cancel") or not jobs:
             return
         active = [j for j in jobs if int(j.get("queued") or 0) + int(j.get("running") or 0)]
         if not active:
@@ -117,7 +117,7 @@ class Actions:
 
     def retry_jobs(self: CutqApp, jobs: list[dict]) -> None:
         """Re-queue every failed task of these jobs (cancelled ones stay cancelled)."""
-        if not jobs or not self.connected_or_say("retry"):
+        if not self.connected_or_say("retry") or not jobs:
             return
         failed = [j for j in jobs if int(j.get("failed") or 0)]
         if not failed:
@@ -146,7 +146,7 @@ class Actions:
 
     def delete_jobs(self: CutqApp, jobs: list[dict]) -> None:
         """Delete jobs with their images and results (after a yes); running tasks are cancelled first."""
-        if not jobs or not self.connected_or_say("delete"):
+        if not self.connected_or_say("delete") or not jobs:
             return
         ids = [j["job_id"] for j in jobs]
         running = sum(int(j.get("queued") or 0) + int(j.get("running") or 0) for j in jobs)

@@ -321,11 +321,15 @@ def run(endpoint: str | None = None) -> None:
 
 
 def quiet_logs() -> None:
-    """Nothing of ours reaches the terminal: not over the screen while the app runs, nor into the
-    shell after it quits (the feed thread may still be ending).  A program that set up logging
-    keeps its handlers."""
-    if not logging.getLogger().handlers:
-        for name in ("tui", "shared"):
-            logger = logging.getLogger(name)
-            logger.addHandler(logging.NullHandler())
-            logger.propagate = False
+    """Nothing reaches the terminal through logging: not over the screen while the app runs, nor
+    into the shell after it quits (the feed thread may still be ending its last request).  Log
+    handlers that write to the terminal are taken off; those writing to files stay."""
+    import sys
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        stream = getattr(handler, "stream", None)
+        if isinstance(handler, logging.StreamHandler) and stream in (sys.stderr, sys.stdout, sys.__stderr__,
+                                                                     sys.__stdout__):
+            root.removeHandler(handler)
+    root.addHandler(logging.NullHandler())  # so logging's last resort (stderr) never fires

@@ -180,8 +180,10 @@ class Throughput:
                 del per[s]
 
     def seconds(self, now: float, span: int = 120) -> list[float]:
+        """Tasks done in each of the last `span` seconds; -1 before the first one we know of."""
         end = int(now)
-        return [self.per_second.get(s, 0.0) for s in range(end - span, end)]
+        first = min(self.per_second, default=end)
+        return [self.per_second.get(s, 0.0) if s >= first else -1.0 for s in range(end - span, end)]
 
     def minutes(self, now: float, span: int = HOUR_MINUTES) -> list[float]:
         """Mean tasks/s in each of the last `span` whole minutes, oldest first; minutes before the
@@ -271,6 +273,7 @@ class WorkerBook:
             else:
                 credit["failed"] = int(credit.get("failed") or 0) + 1
             credit["last_seen_age"] = 0.0
+        if credit is not None and (state in TERMINAL or requeued_after_error):
             self._record(str(credit.get("name") or credit.get("id")), ev)
             changed = True
         if state == "running" and named is not None:

@@ -12,7 +12,8 @@ import pytest
 from textual import events
 from textual.widgets import Input, Select
 
-from tests.cluster import Cluster, model_available, sample_photo
+from shared.client import CutqError
+from tests.cluster import Cluster, model_available, sample_photo, wait_for
 from tests.tui.helpers import FAST, png_bytes, run_async, wait_until
 from tui.app import CutqApp
 from tui.feed import broker_feed
@@ -20,6 +21,7 @@ from tui.screens.confirm import ConfirmScreen
 from tui.screens.job_detail import JobDetailScreen
 from tui.screens.prompt import FolderPromptScreen
 from tui.screens.submit import SubmitScreen
+from tui.screens.worker_detail import WorkerDetailScreen
 from tui.widgets.jobs_table import JobsTable
 from tui.widgets.preview import ImageSlot
 from tui.widgets.status_bar import StatusBar
@@ -257,3 +259,128 @@ async def test_starts_before_the_broker_and_connects_when_it_comes(tmp_path: Pat
             assert app.jobs_total == 0 and "connected" in app.overview.query_one(StatusBar).left_text().plain
     finally:
         c.stop()
+
+
+def bad_png(folder: Path, n: int) -> list[Path]:
+    """`n` files that claim to be PNGs and are not: every task of a job of them fails."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(n):
+        p = folder / f"corrupt{i}.png"
+        p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 10)
+        out.append(p)
+    return out
+
+
+@run_async
+async def test_worker_detail_shows_what_it_runs(cluster: Cluster, image_dir: Path) -> None:
+    """Enter on a worker: its host, pid, slots and models, and the task it runs now with the
+    job and the file name (which the broker's worker record does not carry)."""
+    app = make_app(cluster.endpoint)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        job_id = await submit_via_dialog(pilot, app, str(image_dir / "img1.png"), "sleep", '{"seconds": 20}')
+        await wait_until(pilot, lambda: job_state(app, job_id) == "running", 15, "job to start")
+        await pilot.press("w")  # the workers table
+        workers = app.overview.query_one(WorkersTable)
+        assert workers.has_focus
+        workers.move_cursor(row=workers.get_row_index("w0"))
+        await pilot.press("enter")
+        screen = await wait_until(pilot, lambda: isinstance(app.screen, WorkerDetailScreen) and app.screen, 5)
+        await wait_until(pilot, lambda: any(t.get("name") == "img1.png" for t in screen.running.values()), 15,
+                         "the running task's file name")
+        w = app.worker_book.workers["w0"]
+        info = plain_text(screen.query_one("#worker-info"))
+        assert f"pid {w['pid']}" in info and f"host {w['host']}" in info and "/2 busy" in info
+        rows = screen.query_one("#worker-tasks")
+        (tid,) = [t for t, row in screen.running.items() if row["job_id"] == job_id]
+        row = rows.get_row(str(tid))
+        assert "img1.png" in row[3].plain and job_id[:8] in row[2].plain and "running" in row[1].plain
+        # it finishes: the task moves to the recent list, and the hour's chart has a point
+        client = cluster.client()
+        client.cancel(job_id)
+        await wait_until(pilot, lambda: any(e["task_id"] == tid for e in app.worker_book.recent.get("w0", ())), 15,
+                         "the task among the recent ones")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, WorkerDetailScreen)
+
+
+@run_async
+async def test_bulk_retry_of_every_failed_task(cluster: Cluster, tmp_path: Path) -> None:
+    """Two failed jobs marked, r: every failed task of both goes back to the queue (and fails
+    again), cancelled tasks are left alone."""
+    app = make_app(cluster.endpoint)
+    client = cluster.client()
+    a = client.submit_paths([str(p) for p in bad_png(tmp_path / "a", 3)], processor="rembg")
+    b = client.submit_paths([str(p) for p in bad_png(tmp_path / "b", 2)], processor="rembg")
+    for job in (a, b):
+        wait_for(lambda j=job: client.status(j, tasks=False)["state"] == "failed", 30, what=f"job {job} to fail")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await connected(pilot, app)
+        await wait_until(pilot, lambda: job_state(app, a) == "failed" and job_state(app, b) == "failed", 10)
+        table = jobs_table(app)
+        for job in (a, b):
+            table.move_cursor(row=table.get_row_index(job))
+            await pilot.press("space")
+        assert table.marked == {a, b}
+        await pilot.press("r")
+        await wait_until(pilot, lambda: any("Re-queued 5 failed tasks of 2 jobs" in n.message
+                                            for n in app._notifications), 15, "the toast")
+        for job in (a, b):
+            wait_for(lambda j=job: all(t["attempts"] >= 2 and t["state"] == "failed"
+                                       for t in client.status(j)["tasks"]), 30, what="a second attempt of each")
+        await wait_until(pilot, lambda: job_state(app, a) == "failed", 15, "the row back to failed")
+
+
+@run_async
+async def test_delete_marked_jobs_after_confirming(cluster: Cluster, image_dir: Path) -> None:
+    app = make_app(cluster.endpoint)
+    client = cluster.client()
+    jobs = [client.submit([(f"d{i}.png", png_bytes())], processor="noop") for i in range(3)]
+    for job in jobs:
+        wait_for(lambda j=job: client.status(j, tasks=False)["state"] == "done", 20, what="noop jobs done")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await connected(pilot, app)
+        await wait_until(pilot, lambda: set(jobs) <= set(jobs_table(app).jobs), 10, "the jobs listed")
+        table = jobs_table(app)
+        for job in jobs[:2]:
+            table.move_cursor(row=table.get_row_index(job))
+            await pilot.press("space")
+        await pilot.press("d")
+        confirm = await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.screen, 5)
+        assert "Delete 2 jobs" in confirm.body
+        await pilot.press("n")  # no: nothing happens
+        await pilot.pause(0.5)
+        assert set(jobs) <= set(jobs_table(app).jobs)
+        await pilot.press("d", "y")
+        await wait_until(pilot, lambda: not set(jobs[:2]) & set(jobs_table(app).jobs), 15, "the rows gone")
+        assert jobs[2] in jobs_table(app).jobs
+        for job in jobs[:2]:
+            with pytest.raises(CutqError) as e:
+                client.status(job)
+            assert e.value.code == "not_found"
+
+
+@run_async
+async def test_sort_by_a_column_sorts_every_job_on_the_broker(cluster: Cluster, tmp_path: Path) -> None:
+    client = cluster.client()
+    bad = client.submit_paths([str(p) for p in bad_png(tmp_path / "s", 4)], processor="rembg")
+    wait_for(lambda: client.status(bad, tasks=False)["state"] == "failed", 30, what="the failing job")
+    app = CutqApp(broker_feed(cluster.endpoint, FAST), page_size=2)  # a page of 2: the order is the broker's
+    async with app.run_test(size=(80, 24)) as pilot:
+        await connected(pilot, app)
+        for _ in range(3):  # created -> state -> progress -> failures
+            await pilot.press("o")
+        await wait_until(pilot, lambda: app.shown_query.sort == "errors" and app.jobs_page, 10, "sorted by failures")
+        assert app.jobs_page[0]["job_id"] == client.list_jobs(limit=1000)["jobs"][0]["job_id"] or \
+            app.jobs_page[0]["failed"] == max(j["failed"] for j in client.list_jobs(limit=1000)["jobs"])
+        assert "Err ▼" in [c.label.plain for c in jobs_table(app).columns.values()]
+
+
+def plain_text(static) -> str:
+    from rich.console import Console
+
+    console = Console(width=300, color_system=None)
+    with console.capture() as out:
+        console.print(static.content)
+    return out.get()

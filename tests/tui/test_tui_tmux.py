@@ -1,4 +1,6 @@
-"""Smoke test: `cutq tui` in a real terminal (tmux), driven by keystrokes, read off the screen."""
+"""`cutq tui` in a real terminal (tmux), driven by keystrokes, read off the screen: the panels,
+the key hints of the first frame at 80x24 and 60x20, the `?` screen, and a shell left clean
+after quitting (with a broker, and with none)."""
 
 from __future__ import annotations
 
@@ -32,9 +34,11 @@ class Tmux:
                               timeout=10)
 
     def start(self, command: str, width: int, height: int, env: dict[str, str]) -> None:
+        """Run `command` in a fresh `width` x `height` terminal; once it ends the pane shows what it
+        left in the shell, then `EXIT=<status>`."""
         exports = " ".join(f"{k}={v!s}" for k, v in env.items())
         self.run("new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
-                 f"env {exports} {command}; sleep 30")
+                 f"clear; env {exports} {command}; echo EXIT=$?; sleep 30")
 
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", self.session).stdout
@@ -79,3 +83,75 @@ def test_tui_in_a_real_terminal(tmp_path: Path) -> None:
     finally:
         tmux.kill()
         cluster.stop()
+
+
+ENV = {"PYTHONPATH": str(REPO), "TERM": "xterm-256color", "COLORTERM": "truecolor"}
+# what the bottom line must show from the first frame on: whole hints, help first, quit last
+HINTS = {
+    (80, 24): ["? Help", "⏎ Open", "s Submit", "c Cancel", "r Retry", "d Delete", "1-6 Filter", "/ Search", "q Quit"],
+    (60, 20): ["? Help", "⏎ Open", "s Submit", "c Cancel", "r Retry", "d Delete", "q Quit"],
+}
+
+
+def bottom(screen: str) -> str:
+    return screen.rstrip("\n").splitlines()[-1].rstrip()
+
+
+def quits_cleanly(tmux: Tmux) -> None:
+    """q, then the shell holds nothing but our EXIT=0: no traceback, no log line, no warning."""
+    time.sleep(0.3)  # not right after an Escape (that would read as alt+q)
+    tmux.keys("q")
+    after = tmux.wait_for(lambda s: "EXIT=" in s, 15, "the app to quit")
+    assert after.strip() == "EXIT=0", f"the dashboard left this in the shell:\n{after}"
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20)], ids=["80x24", "60x20"])
+def test_first_frame_shows_the_keys_and_question_mark_lists_them(tmp_path: Path, size: tuple[int, int]) -> None:
+    cluster = Cluster(tmp_path)
+    tmux = Tmux(f"keys{size[0]}")
+    try:
+        cluster.start_broker()
+        cluster.start_worker(1, name="w1")
+        cluster.wait_workers(1)
+        tmux.start(f"{sys.executable} -m cli tui --connect {cluster.endpoint}", *size, ENV)
+        first = tmux.wait_for(lambda s: "Overview" in s and "Jobs" in s, 30, "the first frame")
+        line = bottom(first)
+        assert [h for h in HINTS[size] if h in line] == HINTS[size], line
+        assert line.startswith("? Help") and line.endswith("q Quit"), line  # nothing cut, no stray letter
+        assert len(line) <= size[0]
+        tmux.keys("?")
+        help_screen = tmux.wait_for(lambda s: "Keys · overview" in s, 10, "the help screen")
+        for key, what in (("s", "Submit images"), ("c", "Cancel the marked jobs"), ("r", "Retry every failed"),
+                          ("d", "Delete the marked jobs"), ("5", "Filter: show failed jobs")):
+            assert any(f" {key}  {what}" in row for row in help_screen.splitlines()), (key, help_screen)
+        tmux.keys("Escape")
+        tmux.wait_for(lambda s: "Keys · overview" not in s and "Overview" in s, 10, "back to the overview")
+        time.sleep(0.3)
+        tmux.keys("w")  # the workers table (the focus moves after this key is handled)
+        tmux.wait_for(lambda s: "Worker detail" in bottom(s), 10, "the workers table focused")
+        tmux.keys("Enter")  # the worker's detail
+        tmux.wait_for(lambda s: "Worker w1" in s and "host" in s, 10, "the worker's detail")
+        tmux.keys("?")
+        tmux.wait_for(lambda s: "Keys · worker" in s and "Open the job" in s, 10, "the worker screen's keys")
+        tmux.keys("Escape")  # one key at a time: Escape then a letter at once reads as alt+letter
+        tmux.wait_for(lambda s: "Keys · worker" not in s, 10, "the help closed")
+        tmux.keys("Escape")
+        tmux.wait_for(lambda s: "Overview" in s, 10, "the overview again")
+        quits_cleanly(tmux)
+    finally:
+        tmux.kill()
+        cluster.stop()
+
+
+def test_quitting_while_the_broker_is_away_leaves_the_shell_clean(tmp_path: Path) -> None:
+    """No broker at all: the dashboard says so within 2 s, answers a key, and quits without a word."""
+    tmux = Tmux("nobroker")
+    try:
+        port = Cluster(tmp_path).endpoint
+        tmux.start(f"{sys.executable} -m cli tui --connect {port}", 80, 24, ENV)
+        tmux.wait_for(lambda s: "broker unreachable" in s, 15, "the outage shown")
+        tmux.keys("c")
+        tmux.wait_for(lambda s: "not sent" in s, 10, "the key answered")
+        quits_cleanly(tmux)
+    finally:
+        tmux.kill()

@@ -55,6 +55,8 @@ def rates_line(stats: dict, narrow: bool = False, slim: bool = False) -> Text:
 
 
 def drain_text(stats: dict) -> Text:
+    if "queued" not in stats:
+        return Text("–", style="dim")  # nothing heard from the broker yet
     if stats.get("paused") and stats.get("queue_depth"):
         return Text("paused", style="bold #e0af68")
     eta = stats.get("eta_s")
