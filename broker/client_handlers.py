@@ -109,6 +109,10 @@ class ClientHandlers:
             return
         if self._refuse_submission(ident, msg, msg.names, len(msg.blobs), tenant) is None:
             return
+        inline = core.inline_refs(msg.blobs)
+        if inline is not None:  # small images: into this turn's transaction, no thread, no file
+            self._insert_job(ident, msg, who, tenant, msg.names, inline)
+            return
         sizes = [len(b) for b in msg.blobs]
 
         def stored(result: list[str] | OSError) -> None:
@@ -300,8 +304,8 @@ class ClientHandlers:
         if found is None or not access.can_see(who, found[0]["tenant"]):
             return self.core.out.error(ident, msg, f"task {msg.task_id} has no {msg.what}", "not_found")
         meta, digest = found
-        try:  # a read-only map: ZeroMQ sends it without the loop copying the image
-            data = self.core.blobs.get(digest)
+        try:
+            data = self.core.blob(digest)
         except (OSError, ValueError) as e:
             return self.core.out.error(ident, msg, f"task {msg.task_id}'s {msg.what} is missing: {e}", "storage")
         self.core.out.reply_blobs(ident, msg, meta, [data])  # type: ignore[list-item]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import random
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from broker.blobio import BlobIO
-from broker.blobs import BlobStore
+from broker.blobs import BlobStore, digest_of
 from broker.logs import Throttle
 from broker.outbox import Outbox
 from broker.rates import Throughput
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from broker.metrics import Metrics
 
 log = logging.getLogger("cutq.broker")
+INLINE_TOTAL_BYTES = 1 << 20  # small images of one submission kept in the database, at most: hashed on the loop
 
 
 def needed_model(processor: str, options: dict[str, Any] | None = None, model: Any = None) -> str | None:
@@ -154,6 +156,20 @@ class Core:
                                           self.config.max_worker_deaths)
             if new == TaskState.QUEUED:
                 self.requeue_in_memory(task_id)
+
+    def blob(self, digest: str) -> bytes | mmap.mmap:
+        """A blob's bytes: kept in the database (a small one), else a read-only map of its file, which
+        ZeroMQ sends without the loop copying it.  OSError or ValueError when it is missing."""
+        data = self.store.inline_blob(digest)
+        return data if data is not None else self.blobs.get(digest)
+
+    def inline_refs(self, blobs: list[bytes]) -> list[BlobRef] | None:
+        """Refs that keep `blobs` in the database, when every one is small and all of them together
+        are too (hashed here, on the loop); None: they go to files, written on threads."""
+        limit = self.config.inline_blob_bytes
+        if not limit or any(len(b) > limit for b in blobs) or sum(map(len, blobs)) > INLINE_TOTAL_BYTES:
+            return None
+        return [BlobRef(digest_of(b), len(b), bytes(b)) for b in blobs]
 
     def storage_trouble(self, reason: str) -> None:
         """A blob write failed: the server backs off its own writes as after a failed commit."""
@@ -304,8 +320,8 @@ class Core:
         worker_id = w.ident.decode(errors="replace")
         sending: list[tuple[Claimed, Any]] = []
         for c in self.store.claim([tid for tid, _ in picked], worker_id):
-            try:  # a read-only map: ZeroMQ sends it without the loop copying the image
-                data = self.blobs.get(c.input_digest)
+            try:
+                data = self.blob(c.input_digest)
             except (OSError, ValueError) as e:
                 self.store.fail(c.task_id, c.attempt, worker_id, f"input image is missing: {e}", retry_at=None)
                 continue

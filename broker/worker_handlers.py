@@ -138,6 +138,10 @@ class WorkerHandlers:
         core.record_failure(r["task_id"], r["attempt"], w.ident.decode(errors="replace"), error, kind)
 
     def _store_result(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str) -> None:
+        inline = self.core.inline_refs([data])
+        if inline is not None:  # a small result: into this turn's transaction, no thread, no file
+            self._complete(w, r, inline[0], ext)
+            return
         self.core.blobio.write([data], functools.partial(self._stored, w, r, data, ext))
 
     def _stored(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str, result: list[str] | OSError) -> None:

@@ -79,6 +79,9 @@ class BrokerConfig:
     retention_s: float = 24 * 3600.0  # finished jobs are deleted this long after they end (0: never)
     upload_idle_s: float = 600.0  # a streamed upload untouched this long is dropped
     upload_part_bytes: int = 8 * 1024 * 1024  # what clients are told to send per UploadPart
+    # an image up to this size is kept in the database, in the transaction that names it (one fsync
+    # instead of a file's three: docs/ARCHITECTURE.md); 0: every image is a file
+    inline_blob_bytes: int = 1024
     webhook_allow: str = ""  # addresses/networks webhooks may call although private: "127.0.0.1,10.0.0.0/8"
     webhook_retry_s: float = 24 * 3600.0  # a webhook failing this long after the job ended is given up
     public_url: str = ""  # the HTTP gateway's base URL, for result links in webhook bodies

@@ -40,6 +40,8 @@ def validate_input_name(name: object) -> str | None:
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_INPUT_NAME_BYTES:
         return f"file name {_show(name)} is {size} bytes long (at most {MAX_INPUT_NAME_BYTES})"
+    if name.isascii() and name.isprintable():  # the usual name: no control character, nothing else to look at
+        return None
     bad = next((ch for ch in name if _unsafe_char(ch)), None)
     if bad is not None:
         return f"file name {_show(name)} contains the unprintable character U+{ord(bad):04X}"

@@ -28,6 +28,38 @@ def hints_of(cls: type) -> dict[str, Any]:
 
 def conforms(value: Any, hint: Any) -> bool:
     """Shallow type check of a decoded value against a field annotation."""
+    return conforms_to(hint)(value)
+
+
+def _compile(hint: Any) -> typing.Callable[[Any], bool]:
+    """A check for the common plain hints (decode runs one per field of every message);
+    everything else goes through `_conforms`."""
+    if hint in (str, bytes, bool):
+        return lambda v: isinstance(v, hint)
+    if hint is int:
+        return lambda v: isinstance(v, int) and not isinstance(v, bool)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and args and args[0] in (str, bytes):
+        item = args[0]
+        return lambda v: isinstance(v, list) and all(isinstance(x, item) for x in v)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        other = conforms_to(args[0] if args[1] is type(None) else args[1])
+        return lambda v: v is None or other(v)
+    return lambda v: _conforms(v, hint)
+
+
+def conforms_to(hint: Any) -> typing.Callable[[Any], bool]:
+    """The check `conforms` runs for `hint`, made once per hint."""
+    try:
+        check = _CHECKS.get(hint)
+        if check is None:
+            check = _CHECKS[hint] = _compile(hint)
+    except TypeError:  # an unhashable hint: checked the long way
+        return lambda v: _conforms(v, hint)
+    return check
+
+
+def _conforms(value: Any, hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         return any(conforms(value, arg) for arg in typing.get_args(hint))
@@ -62,3 +94,4 @@ def _recordconforms(value: dict[str, Any], record: Any) -> bool:
 
 
 _RECORD_HINTS: dict[Any, dict[str, Any]] = {}
+_CHECKS: dict[Any, typing.Callable[[Any], bool]] = {}

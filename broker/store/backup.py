@@ -51,10 +51,13 @@ def snapshot(source: Path, target: Path, busy_timeout_s: float = 30.0) -> None:
 
 
 def named_blobs(db: Path) -> Iterator[tuple[str, int]]:
-    """(digest, size) of every blob a row of the database `db` refers to, streamed."""
+    """(digest, size) of every blob file a row of the database `db` refers to, streamed."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        yield from conn.execute("SELECT digest, size FROM blobs")
+        inline = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'blob_data'").fetchone() is not None
+        # small blobs kept in the database travel inside its copy: only files are named here
+        yield from conn.execute("SELECT digest, size FROM blobs" + (
+            " WHERE digest NOT IN (SELECT digest FROM blob_data)" if inline else ""))
     except sqlite3.Error as e:
         raise StoreError(f"could not read the blobs named by {db}: {e}") from e
     finally:

@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,10 +97,12 @@ class Change:
 
 @dataclass(frozen=True)
 class BlobRef:
-    """Stored bytes: their digest and size."""
+    """Stored bytes: their digest and size; `data` for a small blob kept in the database itself
+    (written with the first row that names it, in the same transaction) rather than as a file."""
 
     digest: str
     size: int
+    data: bytes | None = field(default=None, repr=False, compare=False)
 
 
 class LegacyBlobs(Protocol):
@@ -286,11 +288,14 @@ class StoreBase:
 
     def _ref(self, ref: BlobRef, now: float) -> None:
         """One more row refers to `ref` (created on first use)."""
-        row = self._db.execute(
-            "UPDATE blobs SET refs = refs + 1 WHERE digest = ? RETURNING refs", (ref.digest,)).fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO blobs (digest, size, refs, created) VALUES (?, ?, 1, ?)",
-                             (ref.digest, ref.size, now))
+        refs = self._db.execute(
+            "INSERT INTO blobs (digest, size, refs, created) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (digest) DO UPDATE SET refs = refs + 1 RETURNING refs",
+            (ref.digest, ref.size, now)).fetchone()[0]
+        if refs == 1:  # a new row: one statement either way
+            if ref.data is not None:
+                self._db.execute("INSERT OR REPLACE INTO blob_data (digest, data) VALUES (?, ?)",
+                                 (ref.digest, ref.data))
             self._blob_delta[0] += 1
             self._blob_delta[1] += ref.size
         self._blob_delta[2] += ref.size
@@ -307,6 +312,7 @@ class StoreBase:
         self._blob_delta[2] -= size
         if refs <= 0:
             self._db.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+            self._db.execute("DELETE FROM blob_data WHERE digest = ?", (digest,))
             self._db.execute("DELETE FROM cache WHERE result_digest = ?", (digest,))
             self._blob_delta[0] -= 1
             self._blob_delta[1] -= size
@@ -316,6 +322,11 @@ class StoreBase:
         count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM blobs").fetchone()
         referenced = self._db.execute("SELECT COALESCE(SUM(size * refs), 0) FROM blobs").fetchone()[0]
         return [int(count), int(size), int(referenced)]
+
+    def inline_blob(self, digest: str) -> bytes | None:
+        """The bytes of a blob kept in the database (None: it is a file in the blob store)."""
+        row = self._db.execute("SELECT data FROM blob_data WHERE digest = ?", (digest,)).fetchone()
+        return bytes(row[0]) if row else None
 
     def is_referenced(self, digest: str) -> bool:
         """Whether a row refers to `digest` (the orphan sweep asks)."""

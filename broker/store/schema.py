@@ -5,7 +5,7 @@ A database written by any older cutq opens with a newer one (v2 moved images out
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 WAL_LIMIT_BYTES = 64 * 1024 * 1024  # the WAL is truncated to this after each checkpoint
 
 MIGRATIONS: dict[int, str] = {
@@ -112,5 +112,10 @@ MIGRATIONS: dict[int, str] = {
         delivered REAL
     ) WITHOUT ROWID;
     CREATE INDEX webhooks_due ON webhooks(state, next_at);
+    """,
+    # small images live here, in the transaction that names them (one fsync, not three); a
+    # blob with no row here is a file in the blob store
+    5: """
+    CREATE TABLE blob_data (digest TEXT PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
     """,
 }

@@ -100,16 +100,16 @@ class TaskWrites(StoreBase):
                 if row and (model_files is None or row[2] is None or row[2] in model_files):
                     hits[i] = (row[0], row[1], row[3])
         total, queued = len(names), len(names) - len(hits)
-        self._db.execute(
+        first = self._db.execute(
             "INSERT INTO jobs (id, created, tenant, processor, options, model, priority, total, n_queued, n_done, "
             "finished, webhook, delayed, first_task) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, (SELECT COALESCE(MAX(id), 0) + 1 FROM tasks))",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, (SELECT COALESCE(MAX(id), 0) + 1 FROM tasks)) "
+            "RETURNING first_task",
             (job_id, now, tenant, processor, json.dumps(options), options.get("model"), priority,
              total, queued, len(hits), now if queued == 0 else None, webhook),
-        )
+        ).fetchone()[0]
         if queued == 0 and webhook:  # every task answered from the cache: the job ends now
             self._enqueue_webhook(job_id, webhook, now)
-        first = self._db.execute("SELECT first_task FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
         rows: list[tuple[Any, ...]] = []
         for i, (name, ref) in enumerate(zip(names, inputs, strict=True)):
             self._ref(ref, now)
