@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -157,6 +158,15 @@ def _dispatch_note(client: Client, status: dict[str, Any]) -> str:
     return ""
 
 
+def _columns() -> int:
+    """The terminal's width now (it may have been resized): asked of the terminal itself, since a
+    $COLUMNS exported by a shell says only what it was then; else shutil's guess."""
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns or shutil.get_terminal_size().columns
+    except (OSError, ValueError):
+        return shutil.get_terminal_size().columns
+
+
 class _WatchView:
     """How `cutq watch` shows each state: one line redrawn in place on a terminal, else a line
     (or a JSON object) each time something changes."""
@@ -168,7 +178,7 @@ class _WatchView:
 
     def show(self, status: dict[str, Any], note: str) -> None:
         if self.live is not None:
-            columns = shutil.get_terminal_size().columns
+            columns = _columns()
             line = watch_line(status, columns - 1, note)
             if (line, columns) != self.last:
                 self.live.draw(line, columns)

@@ -79,12 +79,14 @@ def short_counts(d: dict[str, Any]) -> str:
 
 def watch_line(status: dict[str, Any], width: int, note: str = "") -> str:
     """One job's progress in at most `width` characters: id, bar, ended/total, state, `note`
-    (such as "dispatch paused") and the per-state counts, the bar and counts shrinking to fit."""
+    (such as "dispatch paused") and the per-state counts, the bar and counts shrinking to fit
+    (every count, then the non-zero ones, then `q0 r1 d5 f0 c0`, then none)."""
     total = status["total"]
     ended = total - status["queued"] - status["running"]
     head = f"{status['job_id']} "
     tail = f" {ended}/{total} {status['state']}" + (f" ({note})" if note else "")
-    for extra in ("  " + counts(status), "  " + short_counts(status), ""):
+    nonzero = " ".join(f"{s}={status[s]}" for s in TASK_STATES if status.get(s))
+    for extra in ("  " + counts(status), "  " + nonzero, "  " + short_counts(status), ""):
         room = width - len(head) - len(tail) - len(extra) - 2
         if room >= 10:
             return head + bar(ended, total, min(30, room)) + tail + extra

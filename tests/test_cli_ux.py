@@ -315,8 +315,12 @@ class Tmux:
                               timeout=10)
 
     def start(self, command: str, width: int, height: int) -> None:
-        self.run("new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
-                 f"env PYTHONPATH={REPO} TERM=xterm-256color {command}; sleep 60")
+        """Run `command` in a pane of width x height, once the pane has that size."""
+        self.run("new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height), "sleep 120")
+        wait_for(lambda: self.run("display-message", "-p", "-t", self.session, "#{pane_width}x#{pane_height}")
+                 .stdout.strip() == f"{width}x{height}", 10, what="the pane's size")
+        self.run("respawn-pane", "-k", "-t", self.session,
+                 f"env -u COLUMNS -u LINES PYTHONPATH={REPO} TERM=xterm-256color {command}; sleep 60")
 
     def lines(self) -> list[str]:
         """The screen's non-blank lines."""
@@ -381,7 +385,8 @@ def test_the_watch_line_fits_any_width():
             assert len(line) <= width, (width, line)
             if width >= 20:
                 assert line.startswith("0123456789ab")
-    assert "running=300" in watch_line(status, 120) and "[" in watch_line(status, 60)
+    assert "cancelled=0" in watch_line(status, 130) and "[" in watch_line(status, 60)
+    assert "running=300" in watch_line(status, 90) and "cancelled" not in watch_line(status, 90)
     assert "r300" in watch_line(status, 70) and "dispatch paused" in watch_line(status, 100, "dispatch paused")
 
 
