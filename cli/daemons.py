@@ -35,6 +35,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         max_tasks_per_submit=args.max_per_submit, max_attempts=args.max_attempts,
         max_worker_deaths=args.max_worker_deaths, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
         retention_s=args.retention, webhook_allow=args.webhook_allow, public_url=args.public_url,
+        webhook_retry_s=args.webhook_retry,
         metrics=args.metrics,
         synchronous=args.synchronous, insecure=args.insecure, busy_timeout_ms=args.busy_timeout_ms,
     )
@@ -129,6 +130,8 @@ def register(sub: Subparsers) -> None:
     b.add_argument("--webhook-allow", default="", metavar="NETS",
                    help="private addresses webhooks may call, comma-separated (127.0.0.1,10.0.0.0/8); by "
                         "default private, loopback and link-local targets are refused")
+    b.add_argument("--webhook-retry", type=duration, default=BrokerConfig.webhook_retry_s, metavar="DURATION",
+                   help="keep retrying a failing webhook this long after its job ended (default 24h)")
     b.add_argument("--public-url", default="", metavar="URL",
                    help="the HTTP gateway's base URL (https://cutq.example.com): webhook bodies then link "
                         "each result (default: none)")

@@ -85,7 +85,7 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
     try:
         job_id = client.submit_paths(files, processor=args.processor, options=_options(args),
                                      priority=args.priority, tenant=args.tenant, no_cache=args.no_cache,
-                                     progress=line)
+                                     progress=line, webhook=args.webhook)
     finally:
         if line is not None:
             line.end()
@@ -317,6 +317,8 @@ def register(sub: Subparsers) -> None:
                    help="higher runs first among the tenant's queued tasks; negative runs later")
     s.add_argument("--tenant", default="default",
                    help="whose job this is (default: the tenant named 'default'; a client key: its own)")
+    s.add_argument("--webhook", metavar="URL", default=None,
+                   help="POST a signed JSON summary to this http(s) URL when the job ends (see README, Webhooks)")
     s.add_argument("--no-cache", action="store_true",
                    help="run every image even if an equal one (same bytes, processor and options) has a result")
     s.add_argument("--max-message-mb", type=positive_float, default=MAX_MESSAGE_BYTES / 1024 / 1024,

@@ -242,6 +242,7 @@ class Client:
         no_cache: bool = False,
         progress: Progress | None = None,
         total_bytes: int | None = None,
+        webhook: str | None = None,
     ) -> str:
         """Submit (name, bytes) pairs as one job; returns the job id once it is durable.
 
@@ -256,7 +257,8 @@ class Client:
         `timeout` bounds the wait for the job's acknowledgement (default: the client's
         timeout, but at least 60 s); each part waits up to the client's timeout.
         `progress(bytes_acknowledged, total_bytes or None)` is called as parts are
-        acknowledged; `total_bytes` defaults to the sum of a sequence's sizes."""
+        acknowledged; `total_bytes` defaults to the sum of a sequence's sizes.  `webhook`: a URL
+        the broker POSTs a signed summary to when the job ends."""
         if isinstance(files, Sequence):
             if not files:
                 raise CutqError("a job needs at least one image", code="bad_request")
@@ -265,7 +267,7 @@ class Client:
             if total_bytes is None:
                 total_bytes = sum(len(data) for _, data in files)
         job = _JobSpec(processor, dict(options or {}), priority, tenant, no_cache,
-                       max(self.timeout, 60.0) if timeout is None else timeout)
+                       max(self.timeout, 60.0) if timeout is None else timeout, webhook)
         items = iter(files)
         head: list[tuple[str, bytes]] = []
         size = 0
@@ -280,7 +282,7 @@ class Client:
         if progress is not None:
             progress(0, total_bytes)
         msg = p.Submit(req=0, names=[n for n, _ in head], processor=job.processor, options=job.options,
-                       priority=job.priority, tenant=job.tenant, no_cache=job.no_cache)
+                       priority=job.priority, tenant=job.tenant, no_cache=job.no_cache, webhook=job.webhook)
         msg.blobs = [data for _, data in head]
         job_id: str = self._request(msg, timeout=job.timeout).data["job_id"]
         if progress is not None:
@@ -331,7 +333,7 @@ class Client:
         while pending:
             wait_one()
         done = p.Submit(req=0, names=[], processor=job.processor, options=job.options, priority=job.priority,
-                        tenant=job.tenant, upload_id=upload_id, no_cache=job.no_cache)
+                        tenant=job.tenant, upload_id=upload_id, no_cache=job.no_cache, webhook=job.webhook)
         return str(self._request(done, timeout=job.timeout).data["job_id"])
 
     def submit_paths(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> str:
@@ -543,6 +545,7 @@ class _JobSpec:
     tenant: str
     no_cache: bool
     timeout: float
+    webhook: str | None = None
 
 
 def _parts(items: Iterable[tuple[str, bytes]], part_bytes: int) -> Iterator[list[tuple[str, bytes]]]:

@@ -127,6 +127,7 @@ def submit_job(
     seconds: Annotated[float | None, Form(description="(sleep) seconds per task")] = None,
     priority: Annotated[int, Form()] = 0,
     no_cache: Annotated[bool, Form(description="run every task even if an equal one has a result")] = False,
+    webhook: Annotated[str | None, Form(description="POSTed a signed JSON summary when the job ends")] = None,
     tenant: Annotated[str | None, Form(description="admin tokens only: the tenant to submit for")] = None,
 ) -> JSONResponse:
     """Upload images (multipart field `files`, repeated) with the job's options as form fields named like
@@ -140,7 +141,8 @@ def submit_job(
         # the acknowledgement waits the gateway's --timeout, not the library's 60 s floor for big jobs: a
         # streamed job's parts each wait that long already, and its final Submit only names the upload
         job_id = client.submit(_read(files), processor=processor, options=options, priority=priority,
-                               tenant=_tenant_for(who, tenant), no_cache=no_cache, timeout=state.settings.timeout)
+                               tenant=_tenant_for(who, tenant), no_cache=no_cache, timeout=state.settings.timeout,
+                               webhook=webhook or None)
     links = job_links(request, job_id)
     return JSONResponse({"job_id": job_id, **links, "tasks": len(files)}, status_code=202,
                         headers={"Location": links["status_url"]})
