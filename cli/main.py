@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cutq: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cutq list | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush stays quiet
+        return 141
     except OSError as e:  # a local file or folder: say which, in one line
         if os.environ.get("CUTQ_DEBUG"):
             raise

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 from shared.client import CONNECT_TIMEOUT
 from shared.config import default_data_dir, default_endpoint
@@ -36,7 +36,10 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default %(default)s)"
 
 
-Subparsers = argparse._SubParsersAction  # type: ignore[type-arg]
+if TYPE_CHECKING:
+    Subparsers: TypeAlias = argparse._SubParsersAction[Any]
+else:
+    Subparsers = argparse._SubParsersAction
 
 
 def add_command(sub: Subparsers, name: str, help: str, description: str | None = None,
@@ -110,7 +113,7 @@ def late_copy(source: argparse.ArgumentParser, dest: argparse.ArgumentParser,
         text = action.help
         if text and "%(" in text:  # its default, said now: the copy's own default is SUPPRESS
             text = (text % {**vars(action), "prog": source.prog}).replace("%", "%%")
-        dest.add_argument(*action.option_strings, dest=action.dest, action=type(action),  # type: ignore[arg-type]
+        dest.add_argument(*action.option_strings, dest=action.dest, action=type(action),
                           help=text, default=argparse.SUPPRESS, **extra)
 
 
