@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cli.output import ago, print_json, table
 from cli.parsing import HelpFormatter, Subparsers, add_command, client_options, late_copy
+from shared.client import endpoint_problem
 from shared.security import Credentials
 
 _DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -31,6 +32,10 @@ def _tokens_path(given: str | None, *, must_exist: bool) -> Path | None:
 
 
 def cmd_http(args: argparse.Namespace) -> int:
+    problem = endpoint_problem(args.connect)
+    if problem:
+        print(f"cutq: bad --connect endpoint {args.connect!r}: {problem}", file=sys.stderr)
+        return 2
     from gateway.app import GatewaySetupError, serve
     from gateway.settings import GatewaySettings, parse_listen
 

@@ -149,6 +149,7 @@ def test_a_bad_endpoint_is_a_one_line_usage_error(tmp_path: Path, image: Path):
         one_line(cutq(*args, "--connect", "localhost:5"), 2, "'localhost:5'")
     one_line(cutq("worker", "--connect", "localhost:5"), 2, "--connect", "localhost:5")
     one_line(cutq("tui", "--connect", "localhost:5"), 2, "--connect")
+    one_line(cutq("http", "--connect", "localhost:5"), 2, "--connect")
     one_line(cutq("broker", "--bind", "localhost:5", "--data", str(tmp_path / "d")), 2, "--bind")
     assert not (tmp_path / "d").exists()
 
