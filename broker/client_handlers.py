@@ -365,7 +365,7 @@ class ClientHandlers:
             if w is not None and task_id in w.running:
                 core.release(w, task_id)
                 core.out.cancels[w.ident].append(task_id)
-        core.out.reply(ident, msg, cancelled=len(cancelled))
+        core.out.reply(ident, msg, cancelled=len(cancelled), job_id=msg.job_id)
 
     def retry(self, ident: bytes, msg: p.Retry, who: Principal) -> None:
         job = self._job_or_error(ident, msg, msg.job_id, who)
@@ -375,7 +375,7 @@ class ClientHandlers:
         model = needed_model(job["processor"], model=job["model"])
         for t in requeued:
             self.core.scheduler.push(t.task_id, t.tenant, t.priority, model=model)
-        self.core.out.reply(ident, msg, requeued=len(requeued))
+        self.core.out.reply(ident, msg, requeued=len(requeued), job_id=msg.job_id)
 
     def subscribe(self, ident: bytes, msg: p.Subscribe, who: Principal) -> None:
         if msg.job_id is not None and self._job_or_error(ident, msg, msg.job_id, who) is None:
