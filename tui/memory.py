@@ -154,6 +154,7 @@ def sample_dataset(now: float, jobs: int = 40, seed: int = 7) -> Dataset:
     for i, t in enumerate(running):
         w = workers[0] if i % 3 != 2 else workers[1]
         t["worker"] = w["id"]
+        t["started"] = now - 2.5 - 1.5 * i  # running for a few seconds, never since the future
         w["tasks"].append(t["task_id"])
     for w in workers:
         w["busy"] = len(w["tasks"])
