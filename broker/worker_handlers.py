@@ -87,8 +87,14 @@ class WorkerHandlers:
 
     def heartbeat(self, ident: bytes, msg: p.Heartbeat, who: Principal) -> None:
         w = self._known(ident, who)
-        if w is not None and msg.draining:
+        if w is None:
+            return
+        if msg.draining:
             w.draining = True
+        if msg.model_files is not None:  # weights added to (or removed from) its model dir
+            w.model_files = {k: v for k, v in msg.model_files.items() if isinstance(v, str)}
+        if msg.models is not None:  # loaded: what the broker sent it stays loaded in some slot
+            w.models = sorted(set(w.models).union(m for m in msg.models if isinstance(m, str)))
 
     def progress(self, ident: bytes, msg: p.Progress, who: Principal) -> None:
         w = self._known(ident, who)

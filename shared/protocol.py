@@ -293,10 +293,13 @@ class Ready(Message):
 
 @dataclass
 class Heartbeat(Message):
-    """Liveness, both ways; a worker sets `draining` once it takes no new tasks."""
+    """Liveness, both ways; a worker sets `draining` once it takes no new tasks, and says which
+    models it has loaded and which weights are in its model dir now (None: as announced)."""
 
     TYPE: ClassVar[bytes] = b"HEARTBEAT"
     draining: bool = False
+    models: list[str] | None = None
+    model_files: dict[str, str] | None = None
 
 
 @dataclass

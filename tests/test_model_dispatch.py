@@ -169,6 +169,18 @@ def test_a_task_no_worker_serves_waits_is_reported_then_runs_when_one_joins(h: I
     assert h.ask(client, p.Stats(req=0)).data["waiting_models"] == {}
 
 
+def test_weights_a_worker_says_it_has_now_make_it_serve_the_model(h: InprocBroker):
+    a = _worker(h, "a", 2)
+    client = h.client()
+    r = h.ask(client, _rembg(1, "u2net"))
+    assert a.quiet(p.Dispatch)
+    a.send(p.Heartbeat(models=[], model_files={"u2net": "sha-new"}))  # copied into its model dir
+    h.turn()
+    assert [t["task_id"] for t in a.expect_tasks()] == r.data["tasks"]
+    workers = h.ask(client, p.Workers(req=0)).data["workers"]
+    assert workers[0]["servable"] == ["u2net"] and workers[0]["models"] == ["u2net"]
+
+
 def test_the_model_a_task_needs_survives_a_broker_restart(tmp_path: Path):
     first = InprocBroker(tmp_path)
     client = first.client()
@@ -236,3 +248,21 @@ def test_real_a_task_nobody_serves_waits_says_so_then_runs_when_a_worker_with_it
     wait_for(lambda: client.status(job, tasks=False)["state"] == "done", 90, what="the job done on B")
     assert client.status(job)["tasks"][0]["attempts"] == 1
     assert client.stats()["waiting_models"] == {}
+
+
+@pytest.mark.timeout(120)
+def test_real_weights_copied_into_a_workers_model_dir_are_served_without_a_restart(
+        cluster: Cluster, tmp_path: Path, needs_model: None):
+    cluster.start_broker()
+    env = _without_models(cluster, tmp_path)
+    cluster.start_worker(1, "--preload", "", name="A", env=env)
+    cluster.wait_workers(1)
+    client = cluster.client()
+    job = client.submit([("photo.png", _png())], options={"model": "u2netp"})
+    assert client.status(job)["waiting"] == "waiting for a worker with model u2netp"
+    weights = Path(os.environ.get("U2NET_HOME") or Path.home() / ".u2net") / "u2netp.onnx"
+    partial = Path(env["U2NET_HOME"]) / "u2netp.onnx.part"
+    partial.write_bytes(weights.read_bytes())
+    partial.rename(Path(env["U2NET_HOME"]) / "u2netp.onnx")  # the way to add weights: whole, by a rename
+    wait_for(lambda: client.status(job, tasks=False)["state"] == "done", 90, what="the job done on A")
+    assert client.workers()[0]["servable"] == ["u2netp"]

@@ -47,6 +47,7 @@ SAMPLES: list[p.Message] = [
             processors=["rembg", "noop"], running=[[1, 2], [3, 1]], model_files={"u2netp": "ab" * 32}, threads=2),
     p.Heartbeat(draining=True),
     p.Heartbeat(),
+    p.Heartbeat(models=["u2netp"], model_files={"u2netp": "ab" * 32}),
     p.Dispatch(tasks=[{"task_id": 1, "attempt": 1, "name": "a.png", "processor": "noop", "options": {},
                        "job_id": "j"}, {"task_id": 2, "attempt": 3, "name": "b.png", "processor": "rembg",
                                         "options": {"model": "u2netp"}, "job_id": "j"}],
@@ -211,6 +212,8 @@ WRONG: dict[Any, list[Any]] = {
     dict[str, str]: [[], "x", 1, None],  # (its values are not checked: see the gap test at the end)
     list[dict[str, Any]]: [{}, [[]], [1], ["x"], None],
     list[int] | None: [1, ["1"], [None], "1"],
+    list[str] | None: ["a.png", [1], ["a", None], [b"a"], {"a": 1}],
+    dict[str, str] | None: [[], "x", 1],
     list[p.TaskSpec]: [{}, [{}], [{"task_id": 1}], [1],
                        [{"task_id": "1", "attempt": 1, "name": "a", "processor": "noop", "options": {}}],
                        [{"task_id": 1, "attempt": 1, "name": "a", "processor": "noop", "options": []}], None],
