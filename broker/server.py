@@ -41,6 +41,9 @@ from shared.security import is_local_endpoint
 
 log = logging.getLogger("cutq.broker")
 MAX_MESSAGES_PER_TURN = 2000
+# a turn stops reading after this much work, commits and answers: ROUTER reads its peers in turn,
+# so a status asked during a drain waits one short turn, not the results of every task in flight
+TURN_BUDGET_S = 0.010
 WRITE_BACKOFF_FIRST, WRITE_BACKOFF_MAX = 0.1, 5.0
 
 
@@ -225,6 +228,7 @@ class Broker:
             self.webhooks.send_due()
 
     def _read_messages(self) -> None:
+        deadline = self.clock() + TURN_BUDGET_S
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not self.secure)
@@ -232,6 +236,8 @@ class Broker:
                 self.core.drained_at = self.clock()
                 return
             self._handle(frames)
+            if self.clock() >= deadline:
+                return
 
     def _principal(self, frames: list[Any]) -> Principal | None:
         """Who sent these frames: by the key ZAP authenticated (User-Id), never by routing id."""
