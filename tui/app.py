@@ -84,7 +84,9 @@ class CutqApp(Actions, App):
         self.counts_delta: dict[str, int] = {}  # job events since the last stats (see Coalescer)
         self.throughput = Throughput()  # tasks/s kept by this client: an hour, across broker restarts
         self.chart_span = "2m"  # the overview chart: "2m" (per second) or "1h" (per minute)
+        self._chart_cache: tuple[tuple, tuple[list[float], str]] | None = None
         self.worker_book = WorkerBook()
+        self._capacity: tuple[int, int] | None = None
         self.started_at = clock()  # what this client saw starts here (its charts are blank before)
         self.jobs_query = JobsQuery(limit=page_size)  # what the user asked for
         self.shown_query = self.jobs_query  # what the page on screen answers
@@ -132,12 +134,20 @@ class CutqApp(Actions, App):
             busy, slots = self.worker_book.capacity()
             view.update(slots_used=busy, slots_total=slots, workers_total=sum(int(w.get("count") or 1) for w in live),
                         workers_busy=sum(1 for w in live if int(w.get("busy") or 0)))
-        now = self.clock()
-        if self.chart_span == "1h":
-            view["chart"], view["chart_label"] = self.throughput.minutes(now), "last hour, per minute"
-        else:
-            view["chart"], view["chart_label"] = self.throughput.seconds(now), "last 2m, per second"
+        view["chart"], view["chart_label"] = self._chart()
         return view
+
+    def _chart(self) -> tuple[list[float], str]:
+        """The overview chart, computed again only when a second passed or stats came."""
+        key = (self.chart_span, int(self.clock()), id(self.stats))
+        if self._chart_cache is None or self._chart_cache[0] != key:
+            now = self.clock()
+            if self.chart_span == "1h":
+                chart = (self.throughput.minutes(now), "last hour, per minute")
+            else:
+                chart = (self.throughput.seconds(now), "last 2m, per second")
+            self._chart_cache = (key, chart)
+        return self._chart_cache[1]
 
     @_widgets_may_be_gone
     def _tick(self) -> None:
@@ -200,7 +210,10 @@ class CutqApp(Actions, App):
 
     def _workers_changed(self) -> None:
         self.overview.show_workers()
-        self.overview.query_one("#stats").update(self.stats_view())  # type: ignore[attr-defined]
+        capacity = self.worker_book.capacity()
+        if capacity != self._capacity:  # the overview's workers and slots come from the same table
+            self._capacity = capacity
+            self.overview.query_one("#stats").update(self.stats_view())  # type: ignore[attr-defined]
         for screen in self.worker_screens():
             screen.show()
 

@@ -401,7 +401,7 @@ def simulate(source: MemorySource, rate: float, stop: threading.Event, clock: Ca
     """Push ~`rate` task events a second (running -> done) for the newest `jobs` jobs, with their
     job events, and a stats event every second, until `stop` is set."""
     rng = random.Random(1)
-    active = [j for j in source.data.jobs[:jobs] if j["state"] in ("queued", "running")] or source.data.jobs[:1]
+    active = source.data.jobs[:jobs]
     next_task = 10_000_000
     tick = 0.05
     per_tick = max(1, round(rate * tick))
@@ -420,12 +420,12 @@ def simulate(source: MemorySource, rate: float, stop: threading.Event, clock: Ca
                            "state": "running", "worker": w, "error": None, "attempt": 1, "t": now})
             events.append({"kind": "task", "job_id": job["job_id"], "task_id": next_task, "name": "x.jpg",
                            "state": "done", "worker": w, "error": None, "attempt": 1, "t": now})
-            if job["queued"]:  # one more done, its counts consistent; a finished job starts over
+            if job["queued"]:  # one more done, its counts consistent (a finished job's event changes nothing)
                 job["queued"] -= 1
                 job["done"] += 1
-            else:
-                job.update(queued=job["total"], done=0, failed=0, cancelled=0, running=0, finished=None)
-            job["state"] = job_state({s: job[s] for s in TASK_STATES})
+                job["state"] = job_state({s: job[s] for s in TASK_STATES})
+                if job["state"] in TERMINAL:
+                    job["finished"] = now
             touched[job["job_id"]] = job
             done_this_second += 1
         events += [{"kind": "job", "t": now, **{k: v for k, v in j.items() if k != "options"}}

@@ -136,8 +136,9 @@ class JobsTable(DataTable):
     def cells(self, job: dict, now: float) -> tuple:
         jid = job["job_id"]
         errors = int(job.get("errors") or job.get("failed") or 0)
-        mark = Text("●", style="bold #7aa2f7") if jid in self.marked else Text(" ")
-        ident = Text.assemble(mark, (jid if self.wide else fmt.short_id(jid), "bold"))
+        ident = Text(("●" if jid in self.marked else " ") + (jid if self.wide else fmt.short_id(jid)), style="bold")
+        if jid in self.marked:
+            ident.stylize("#7aa2f7", 0, 1)
         row: list[Any] = [ident]
         if self.wide:
             row.append(fmt.clock(job.get("created"), now))

@@ -104,6 +104,7 @@ class StatsPanel(Horizontal):
         super().__init__(**kwargs)
         self.stats: dict = {}
         self.border_title = "Overview"
+        self._shown: tuple = ()  # what the text shows: redrawn only when it changes (10 batches a second)
 
     def compose(self) -> ComposeResult:
         yield Static(id="stats-text")
@@ -117,17 +118,22 @@ class StatsPanel(Horizontal):
         workers and slots from the workers table, `chart` and `chart_label`)."""
         self.stats = stats
         text = self.query_one("#stats-text", Static)
-        if roomy(self):
-            text.update(wide_table(stats), layout=False)  # fixed size: skip relayout
-        else:
-            slim = self.size.width < 70
-            narrow = self.size.width < 100
-            lines = Text("\n", no_wrap=True, overflow="ellipsis")
-            text.update(lines.join([counts_line(stats, narrow, slim), rates_line(stats, narrow, slim)]),
-                        layout=False)
+        shown = (roomy(self), self.size.width, tuple(sorted((k, str(v)) for k, v in stats.items()
+                                                            if k not in ("chart", "history", "by_tenant", "t"))))
+        if shown != self._shown:
+            self._shown = shown
+            if roomy(self):
+                text.update(wide_table(stats), layout=False)  # fixed size: skip relayout
+            else:
+                slim = self.size.width < 70
+                narrow = self.size.width < 100
+                lines = Text("\n", no_wrap=True, overflow="ellipsis")
+                text.update(lines.join([counts_line(stats, narrow, slim), rates_line(stats, narrow, slim)]),
+                            layout=False)
         spark = self.query_one(Sparkline)
-        chart = [float(v) for v in (stats.get("chart") or stats.get("history") or [])]
-        spark.data = tuple(chart)
+        chart = tuple(float(v) for v in (stats.get("chart") or stats.get("history") or []))
+        if chart != spark.data:
+            spark.data = chart
         peak = max(chart, default=0)
         spark.border_title = f"tasks/s · {stats.get('chart_label') or 'last 2m'}"
         spark.border_subtitle = f"peak {fmt.rate(peak)}/s"
