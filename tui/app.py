@@ -305,7 +305,8 @@ class CutqApp(Actions, App):
     def action_help(self) -> None:
         if isinstance(self.screen, HelpScreen):
             return
-        title = {"overview": "overview", "detail": "job", "worker": "worker"}.get(self.screen.id or "", "this screen")
+        title = {"overview": "overview", "detail": "job", "worker": "worker",
+                 "large-preview": "large preview"}.get(self.screen.id or "", "this screen")
         self.push_screen(HelpScreen(self.screen, title))
 
     def action_chart_span(self) -> None:

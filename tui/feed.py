@@ -251,6 +251,7 @@ class Feed:
         self._outage_since: float | None = None
         self._reload_floor = 0.0
         self._coalescer: Coalescer | None = None
+        self._heard = 0.0  # monotonic time of the last event or answer from the broker
         self.connected = False
 
     # ------------------------------------------------------------------ app side (UI thread)
@@ -364,10 +365,22 @@ class Feed:
                 if self._want_reload:
                     return
 
+    def _bound(self, source: Source, now: float | None = None) -> None:
+        """No request in a session waits past the outage rule: the broker was last heard from at
+        `_heard`; after silence_probe + probe_timeout it is gone, so a request started then waits
+        only what is left (at least probe_timeout).  A slow answer is a loop that stalled as long."""
+        if hasattr(source, "timeout"):
+            cfg = self.config
+            now = time.monotonic() if now is None else now
+            source.timeout = max(cfg.probe_timeout, self._heard + cfg.silence_probe + cfg.probe_timeout - now)
+
     def _session(self, source: Source) -> None:
         cfg = self.config
+        if hasattr(source, "timeout"):
+            source.timeout = cfg.request_timeout  # connecting: the full wait
         source.subscribe(None, ttl=cfg.subscribe_ttl)
         self._load_all(source)
+        self._heard = time.monotonic()
         self.connected = True
         self._backoff, self._outage_since = cfg.backoff_initial, None
         self._acked.set()
@@ -378,13 +391,14 @@ class Feed:
         next_jobs_reload: float | None = None
         workers_due = False
         while not self._stop.is_set():
+            self._bound(source)
             self._serve(source)
             # short waits: a request from the app (a page, a job) is served at the next turn
             wait = cfg.flush_interval - (time.monotonic() - last_flush) if coalescer.pending else cfg.flush_interval
             events = source.next_events(max(0.0, min(wait, 0.05)))
             now = time.monotonic()
             if events:
-                last_event = now
+                last_event = self._heard = now
                 coalescer.add(events)
                 reload_jobs, workers_changed = self._triggers(events)
                 if reload_jobs and next_jobs_reload is None:
@@ -394,10 +408,12 @@ class Feed:
                 # Stats arrive every second; silence means the broker is gone (the probe
                 # raises) or restarted and forgot our lease: re-subscribe and reload.
                 source.probe(cfg.probe_timeout)
+                last_event = self._heard = time.monotonic()
+                self._bound(source)
                 source.subscribe(None, ttl=cfg.subscribe_ttl)
                 self._load_all(source)
-                last_event = now
                 continue
+            self._bound(source, now)
             if next_jobs_reload is not None and now >= next_jobs_reload:
                 self._load_jobs(source)
                 next_jobs_reload = None

@@ -6,6 +6,7 @@ what the screen shows, updated by the broker's event stream.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from shared.client import CutqError
 from tests.cluster import Cluster, model_available, sample_photo, wait_for
 from tests.tui.helpers import FAST, png_bytes, run_async, wait_until
 from tui.app import CutqApp
-from tui.feed import broker_feed
+from tui.feed import FeedConfig, broker_feed
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.job_detail import JobDetailScreen
 from tui.screens.prompt import FolderPromptScreen
@@ -230,12 +231,16 @@ async def test_broker_outage_keeps_data_and_reconnects(tmp_path: Path, image_dir
     try:
         client = c.client()
         job_id = client.submit([("a.png", png_bytes())], processor="noop")
-        app = make_app(c.endpoint)
+        # the shipped outage timings (silence_probe, probe_timeout), quick reconnects
+        app = CutqApp(broker_feed(c.endpoint, FeedConfig(backoff_initial=0.2, backoff_max=1.0, workers_resync=1.0)))
         async with app.run_test(size=(120, 40)) as pilot:
             await connected(pilot, app)
             await wait_until(pilot, lambda: job_state(app, job_id) == "done", 15, "job done")
+            killed = time.monotonic()
             Cluster.kill9(c.broker)
             await wait_until(pilot, lambda: app.conn.state == "down", 10, "the outage to show")
+            assert time.monotonic() - killed < 2.5  # 2 s by design (1.25 s of silence, a 0.75 s probe)
+            assert app.overview.has_class("-stale") and app.overview.query_one(WorkersTable).unknown
             assert "broker unreachable" in app.overview.query_one(StatusBar).left_text().plain
             assert job_id in jobs_table(app).jobs  # the last data stays on screen
             c.start_broker()

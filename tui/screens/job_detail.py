@@ -288,6 +288,9 @@ class JobDetailScreen(Screen):
         worker = get_current_worker()
         before = after = None
         before_note = after_note = ""
+        if self.app.conn.state != "connected":  # asking would wait out the action timeout
+            self.app.call_from_thread(self._preview_unavailable, task)
+            return
         try:
             _, data = self.app.feed.call("fetch_result", task["task_id"], what="input")
             before = decode(data)
@@ -311,6 +314,16 @@ class JobDetailScreen(Screen):
             return
         result = (before, after, before_note, after_note)
         self.app.call_from_thread(self._preview_ready, task, result)
+
+    def _preview_unavailable(self, task: dict) -> None:
+        """Not cached: the images wait for the broker (shown, not cached, so they load once it is back)."""
+        result = (None, None, "broker unreachable: no image", "")
+        current = self.query_one(TasksTable).selected_task
+        if current is not None and current["task_id"] == task["task_id"]:
+            self.query_one(TaskPreview).show(current, *result)
+            for screen in self.app.screen_stack:
+                if isinstance(screen, PreviewScreen) and screen.detail is self:
+                    screen.show(current, result)
 
     def _preview_ready(self, task: dict, result: tuple) -> None:
         self._cache[(task["task_id"], task.get("state"))] = result
