@@ -73,11 +73,17 @@ def serve_floor(endpoint: str, data: str) -> None:
 # ---------------------------------------------------------------- clients
 
 
-def _client(endpoint: str, seconds: float, tag: str, start: Any, out: Any) -> None:
-    """One synchronous client: submit one distinct tiny image at a time for `seconds`."""
+def _image(tag: str, size: int) -> bytes:
+    """A distinct image of about `size` bytes (at least a signature, a tag and 16 random bytes)."""
+    head = b"\x89PNG" + tag.encode() + os.urandom(16)
+    return head + b"\0" * max(0, size - len(head))
+
+
+def _client(endpoint: str, seconds: float, tag: str, start: Any, out: Any, size: int = 0) -> None:
+    """One synchronous client: submit one distinct image at a time for `seconds`."""
     with Client(endpoint, timeout=30) as c:
         for i in range(10):  # connect and warm up
-            c.submit([(f"{tag}-w{i}.png", b"\x89PNG" + f"{tag}-w{i}".encode() + os.urandom(16))], processor="noop")
+            c.submit([(f"{tag}-w{i}.png", _image(f"{tag}-w{i}", size))], processor="noop")
         start.wait()
         lat: list[float] = []
         end = time.perf_counter() + seconds
@@ -86,18 +92,19 @@ def _client(endpoint: str, seconds: float, tag: str, start: Any, out: Any) -> No
             t0 = time.perf_counter()
             if t0 >= end:
                 break
-            c.submit([(f"{tag}-{i}.png", b"\x89PNG" + f"{tag}-{i}".encode() + os.urandom(16))], processor="noop")
+            c.submit([(f"{tag}-{i}.png", _image(f"{tag}-{i}", size))], processor="noop")
             lat.append(time.perf_counter() - t0)
             i += 1
     out.put(lat)
 
 
-def submissions(endpoint: str, clients: int, seconds: float) -> dict[str, float]:
+def submissions(endpoint: str, clients: int, seconds: float, size: int = 0) -> dict[str, float]:
     """Submissions/s and per-request latency with `clients` synchronous client processes."""
     ctx = mp.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
     tag = f"c{time.monotonic_ns()}"
-    procs = [ctx.Process(target=_client, args=(endpoint, seconds, f"{tag}-{k}", start, out)) for k in range(clients)]
+    procs = [ctx.Process(target=_client, args=(endpoint, seconds, f"{tag}-{k}", start, out, size))
+             for k in range(clients)]
     for proc in procs:
         proc.start()
     time.sleep(1.0 + 0.3 * clients)  # let every client connect and warm up
@@ -139,6 +146,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     ap.add_argument("--repeat", type=int, default=3, help="floor/cutq pairs per client count (median)")
     ap.add_argument("--clients", default="1,4")
+    ap.add_argument("--size", type=int, default=0, help="image bytes (default: tiny, ~40)")
     ap.add_argument("-n", type=int, default=300, help="round trips")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--serve-floor", nargs=2, metavar=("ENDPOINT", "DIR"), help=argparse.SUPPRESS)
@@ -146,7 +154,8 @@ def main() -> int:
     if args.serve_floor:
         serve_floor(*args.serve_floor)
         return 0
-    result: dict[str, Any] = {"bench": "requests", "machine": machine(), "load_before": os.getloadavg()}
+    result: dict[str, Any] = {"bench": "requests", "machine": machine(), "image_bytes": args.size,
+                              "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="cutq-floor-") as tmp, cluster(0, []) as endpoint:
         floor_ep = f"tcp://127.0.0.1:{free_port()}"
         env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
@@ -156,8 +165,8 @@ def main() -> int:
             for clients in (int(c) for c in args.clients.split(",")):
                 pairs = []
                 for _ in range(args.repeat):  # side by side: floor, cutq, floor, cutq...
-                    f = submissions(floor_ep, clients, args.seconds)
-                    q = submissions(endpoint, clients, args.seconds)
+                    f = submissions(floor_ep, clients, args.seconds, args.size)
+                    q = submissions(endpoint, clients, args.seconds, args.size)
                     pairs.append((f, q))
                 ratios = [q["per_s"] / f["per_s"] for f, q in pairs]
                 best = sorted(range(len(pairs)), key=lambda k: ratios[k])[len(pairs) // 2]

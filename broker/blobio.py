@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from broker.blobs import BlobStore
+from broker.blobs import BlobStore, digest_of
 
 log = logging.getLogger("cutq.broker")
 Stored = Callable[[list[str] | OSError], None]
@@ -48,7 +48,12 @@ class BlobIO:
         # of the same bytes, decided before, must not remove them under the new rows' feet
         self._fresh: Counter[str] = Counter()
         self._ran: list[list[str]] = []  # digests of the callbacks run this turn
-        self._lock = threading.Lock()  # put, and the decision to delete, are one step each
+        # the decision to delete is one step with the counts it reads; a write marks its digest fresh
+        # under it first, so no deletion decided after that removes the bytes
+        self._lock = threading.Lock()
+        # writes of one digest one at a time (a second finds the first's file whole and durable),
+        # writes of different digests side by side: their fsyncs overlap
+        self._stripes = [threading.Lock() for _ in range(64)]
         self.referenced: Callable[[str], bool] = lambda digest: False  # committed rows name it?
 
     def write(self, blobs: Sequence[bytes | memoryview], then: Stored) -> None:
@@ -59,9 +64,16 @@ class BlobIO:
             stored: list[str] = []
             try:
                 for b in blobs:
+                    digest = digest_of(b)
                     with self._lock:
-                        digest = self.store.put(b)
                         self._fresh[digest] += 1
+                    try:
+                        with self._stripes[int(digest[:2], 16) % len(self._stripes)]:
+                            self.store.put(b, digest)
+                    except OSError:
+                        with self._lock:
+                            self._fresh[digest] -= 1
+                        raise
                     stored.append(digest)
                 result: list[str] | OSError = stored
             except OSError as e:

@@ -23,8 +23,9 @@ DIGEST_HEX = 64
 class BlobStore(Protocol):
     """What the broker needs of a place to keep image bytes."""
 
-    def put(self, data: bytes | memoryview) -> str:
-        """Store `data` durably; return its digest (idempotent)."""
+    def put(self, data: bytes | memoryview, digest: str | None = None) -> str:
+        """Store `data` durably; return its digest (idempotent).  `digest`: already computed by
+        the caller from these very bytes."""
         ...
 
     def get(self, digest: str) -> bytes | mmap.mmap:
@@ -60,8 +61,8 @@ class FileBlobStore:
             raise ValueError(f"not a blob digest: {digest[:80]!r}")
         return self.root / digest[:2] / digest[2:4] / digest
 
-    def put(self, data: bytes | memoryview) -> str:
-        digest = digest_of(data)
+    def put(self, data: bytes | memoryview, digest: str | None = None) -> str:
+        digest = digest or digest_of(data)
         target = self.path(digest)
         if target.exists():
             return digest
