@@ -48,10 +48,11 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, method = time.perf_counter(), scope["method"]
-        route = _route_of(scope)
 
         async def timed(message: Message) -> None:
             if message["type"] == "http.response.start":
+                # the router records the matched route in the scope; else match it ourselves
+                route = getattr(scope.get("route"), "path", None) or _route_of(scope)
                 self.metrics.latency.labels(method, route).observe(time.perf_counter() - started)
                 self.metrics.requests.labels(method, route, str(message["status"])).inc()
             await send(message)
