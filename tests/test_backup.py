@@ -28,7 +28,7 @@ from tests.test_security import Keys, keys, secure  # noqa: F401  (fixtures)
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _backup(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
+def _backup_cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess:
     """The real `cutq backup`: a local command on the broker's machine (no --connect)."""
     return subprocess.run([sys.executable, "-m", "cli", "backup", *args], capture_output=True, text=True,
                           env=cluster.env, timeout=300, cwd=cluster.tmp)
@@ -57,7 +57,7 @@ def _all_jobs(client: Client) -> list[dict]:
 
 
 def _backup(cluster: Cluster, dest: Path, *extra: str) -> dict:
-    r = _backup(cluster, str(dest), "--data", str(cluster.data), "--json", *extra)
+    r = _backup_cli(cluster, str(dest), "--data", str(cluster.data), "--json", *extra)
     assert r.returncode == 0, (r.stdout, r.stderr)
     return json.loads(r.stdout)
 
@@ -229,12 +229,12 @@ def test_backup_refuses_a_busy_destination_or_a_live_backup(cluster: Cluster, tm
     full = tmp_path / "full"
     full.mkdir()
     (full / "something").write_text("x")
-    r = _backup(cluster, str(full), "--data", str(cluster.data))
+    r = _backup_cli(cluster, str(full), "--data", str(cluster.data))
     assert r.returncode == 1 and "not an empty folder" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
-    r = _backup(cluster, str(cluster.data / "inside"), "--data", str(cluster.data))
+    r = _backup_cli(cluster, str(cluster.data / "inside"), "--data", str(cluster.data))
     assert r.returncode == 1 and "outside the data dir" in r.stderr, r.stderr
     (cluster.data / "backup.lock").write_text(f"{os.getpid()} {time.time()}\n")  # this test's pid: alive
-    r = _backup(cluster, str(tmp_path / "new"), "--data", str(cluster.data))
+    r = _backup_cli(cluster, str(tmp_path / "new"), "--data", str(cluster.data))
     assert r.returncode == 1 and f"another backup (pid {os.getpid()})" in r.stderr, r.stderr
     (cluster.data / "backup.lock").write_text("999999 0\n")  # a dead backup's: taken over
     alive = cluster.client()
@@ -242,7 +242,7 @@ def test_backup_refuses_a_busy_destination_or_a_live_backup(cluster: Cluster, tm
     report = _backup(cluster, tmp_path / "new")
     assert report["missing"] == [] and not (cluster.data / "backup.lock").exists()
     assert report["blobs"] == report["linked"] == 1  # the same file system: hard links
-    r = _backup(cluster, str(tmp_path / "x"), "--data", str(tmp_path / "nothing"))
+    r = _backup_cli(cluster, str(tmp_path / "x"), "--data", str(tmp_path / "nothing"))
     assert r.returncode == 1 and "no cutq database" in r.stderr, r.stderr
 
 
