@@ -161,8 +161,8 @@ class WorkerHandlers:
         core = self.core
         core.redoable.append(functools.partial(self._complete, w, r, ref, ext))  # again if the turn fails
         if w.running.get(r["task_id"]) == r["attempt"]:
-            core.release(w, r["task_id"])  # memory was rebuilt from the rows after a failed turn
-        core.running_tenant.pop(r["task_id"], None)
+            w.running.pop(r["task_id"])  # memory was rebuilt from the rows after a failed turn
+        tenant = core.running_tenant.pop(r["task_id"], None)
         if core.store.complete(r["task_id"], r["attempt"], w.ident.decode(errors="replace"), ref, ext,
                                r.get("model_file")):
             w.done += 1
@@ -171,7 +171,8 @@ class WorkerHandlers:
                 core.metrics.finished.labels("done").inc()
                 core.metrics.wait.labels(model or "-").observe(max(0.0, started - created))
                 core.metrics.run.labels(model or "-").observe(max(0.0, finished - started))
-            tenant = core.store.job_tenant(r["task_id"]) or "default"
+            if tenant is None:  # not in memory (rebuilt after a failed turn): ask the rows
+                tenant = core.store.job_tenant(r["task_id"]) or "default"
             core.rates.record(int(core.clock()), tenant, r.get("processor") == "rembg")
 
     def goodbye(self, ident: bytes, msg: p.Goodbye, who: Principal) -> None:
