@@ -78,6 +78,7 @@ bench: venv model
 	$(VPY) bench/images.py --json
 	$(VPY) bench/latency.py --json
 	$(VPY) bench/bytes.py --json
+	$(VPY) bench/requests.py --json
 
 up: venv model
 	$(VENV)/bin/cutq up --workers 2
