@@ -48,6 +48,7 @@ class ClientHandlers:
             p.Subscribe: self.subscribe, p.Unsubscribe: self.unsubscribe, p.Pause: self.pause,
             p.Tenants: self.tenants, p.TenantSet: self.tenant_set, p.UploadStart: self.upload_start,
             p.UploadPart: self.upload_part, p.Delete: self.delete, p.Purge: self.purge,
+            p.DrainWorker: self.drain_worker,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -333,6 +334,16 @@ class ClientHandlers:
             return
         self.core.delete_job(msg.job_id, f"deleted by {who.name}")
         self.core.out.reply(ident, msg, job_id=msg.job_id, deleted=True)
+
+    def drain_worker(self, ident: bytes, msg: p.DrainWorker, who: Principal) -> None:
+        """Admin: stop giving a worker new tasks (or start again); its running tasks go on."""
+        found = [w for w in self.core.registry.alive()
+                 if msg.worker in (w.name, w.ident.decode(errors="replace"))]
+        if not found:
+            return self.core.out.error(ident, msg, f"no live worker named {msg.worker!r}", "not_found")
+        for w in found:
+            w.held = msg.drain
+        self.core.out.reply(ident, msg, worker=found[0].name, draining=msg.drain, running=len(found[0].running))
 
     def purge(self, ident: bytes, msg: p.Purge, who: Principal) -> None:
         finals = ("done", "failed", "cancelled")

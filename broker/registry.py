@@ -29,6 +29,7 @@ class WorkerRecord:
     failed: int = 0
     state: str = "alive"  # alive | dead | left
     draining: bool = False  # finishing what it holds, takes nothing new
+    held: bool = False  # drained by an admin (`cutq drain`): takes nothing new until resumed
     user: str = "anonymous"  # the authenticated key that registered it
     finished_at: deque[float] = field(default_factory=lambda: deque(maxlen=256))
     model_files: dict[str, str] = field(default_factory=dict)  # model -> sha256 of its weights
@@ -36,7 +37,8 @@ class WorkerRecord:
 
     @property
     def free(self) -> int:
-        return self.slots - len(self.running) if self.state == "alive" and not self.draining else 0
+        taking = self.state == "alive" and not self.draining and not self.held
+        return self.slots - len(self.running) if taking else 0
 
     def public(self, now_mono: float, now_wall: float) -> dict[str, Any]:
         """The worker as clients see it (`cutq workers`, the TUI)."""
@@ -46,7 +48,8 @@ class WorkerRecord:
             "slots": self.slots, "busy": len(self.running), "models": self.models, "providers": self.providers,
             "threads": self.threads,
             "processors": self.processors, "tasks": sorted(self.running),
-            "state": "draining" if self.draining and self.state == "alive" else self.state,
+            "state": "draining" if (self.draining or self.held) and self.state == "alive" else self.state,
+            "held": self.held,
             "last_seen_age": round(now_mono - self.last_seen, 3), "done": self.done, "failed": self.failed,
             "joined": now_wall - (now_mono - self.joined), "tasks_per_s": len(recent) / 10.0,
         }

@@ -75,8 +75,19 @@ def register_stats(sub: Subparsers) -> None:
         c.set_defaults(func=func)
 
 
+def cmd_drain(args: argparse.Namespace, client: Client) -> int:
+    r = client.drain_worker(args.worker, drain=not args.resume)
+    if args.json:
+        print_json(r)
+    elif r["draining"]:
+        print(f"worker {r['worker']} takes no new tasks; {r['running']} running go on (cutq drain --resume to undo)")
+    else:
+        print(f"worker {r['worker']} takes tasks again")
+    return 0
+
+
 def register(sub: Subparsers) -> None:
-    """Add tenants (with `tenants set`), pause and resume to `sub`."""
+    """Add tenants (with `tenants set`), pause, resume and drain to `sub`."""
     tn = add_command(sub, "tenants", help="tenants: shares, limits and counts",
                      description="Each tenant's share of the workers (weight), limits, task counts and pause "
                                  "flag; `cutq tenants set T ...` changes a tenant's (admin).")
@@ -102,3 +113,11 @@ def register(sub: Subparsers) -> None:
         c.add_argument("--tenant", help="only this tenant's tasks (default: every tenant)")
         client_options(c)
         c.set_defaults(func=cmd_pause)
+
+    d = add_command(sub, "drain", help="a worker takes no new tasks (admin)",
+                    description="Stop giving a worker new tasks (admin); what it runs goes on, and it stays "
+                                "connected. --resume gives it tasks again.")
+    d.add_argument("worker", help="the worker's name or id, as `cutq workers` lists them")
+    d.add_argument("--resume", action="store_true", help="give it tasks again (default: drain it)")
+    client_options(d)
+    d.set_defaults(func=cmd_drain)

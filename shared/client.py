@@ -409,6 +409,10 @@ class Client:
             if not data.get("more") or not data["deleted"]:
                 return {"deleted": deleted, "job_ids": job_ids}
 
+    def drain_worker(self, worker: str, drain: bool = True) -> dict[str, Any]:
+        """Admin: the worker (name or id) takes no new tasks, or (drain=False) takes them again."""
+        return self._request(p.DrainWorker(req=0, worker=worker, drain=drain)).data
+
     def pause(self, paused: bool = True, tenant: str | None = None) -> dict[str, Any]:
         """Pause or resume dispatch (globally, or for one tenant); persisted by the broker."""
         return self._request(p.Pause(req=0, paused=paused, tenant=tenant)).data

@@ -128,6 +128,16 @@ class Delete(Message):
 
 
 @dataclass
+class DrainWorker(Message):
+    """Admin: a worker takes no new tasks (`drain`), or takes them again; what it runs goes on."""
+
+    TYPE: ClassVar[bytes] = b"DRAIN_WORKER"
+    req: int
+    worker: str  # its name or id, as `workers` lists them
+    drain: bool = True
+
+
+@dataclass
 class Purge(Message):
     """Delete finished jobs matching the filters (a client key: only its own tenant's)."""
 
@@ -353,16 +363,16 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause,
-        Tenants, TenantSet, UploadStart, UploadPart, Delete, Purge, Reply, Events, Ready, Heartbeat, Dispatch, Progress,
-        Results, CancelTasks, Disconnect, Goodbye,
+        Tenants, TenantSet, UploadStart, UploadPart, Delete, Purge, DrainWorker, Reply, Events, Ready, Heartbeat,
+        Dispatch, Progress, Results, CancelTasks, Disconnect, Goodbye,
     )
 }
 CLIENT_REQUESTS: frozenset[type[Message]] = frozenset(
     {Submit, Status, ListJobs, Stats, Workers, Cancel, Retry, Fetch, Subscribe, Unsubscribe, Pause, Tenants,
-     TenantSet, UploadStart, UploadPart, Delete, Purge}
+     TenantSet, UploadStart, UploadPart, Delete, Purge, DrainWorker}
 )
 WORKER_MESSAGES: frozenset[type[Message]] = frozenset({Ready, Heartbeat, Progress, Results, Goodbye})
-ADMIN_REQUESTS: frozenset[type[Message]] = frozenset({Pause, TenantSet})
+ADMIN_REQUESTS: frozenset[type[Message]] = frozenset({Pause, TenantSet, DrainWorker})
 
 
 def encode(msg: Message) -> list[bytes]:

@@ -66,3 +66,20 @@ def test_a_big_jobs_tasks_are_paged_on_the_server(cluster: Cluster):
     cancelled = client._request(p.Status(req=0, job_id=job, task_state="cancelled")).data["tasks"]
     assert [t["name"] for t in cancelled] == names[:3]
     wait_for(lambda: client.status(job, tasks=False)["cancelled"] == 3, 5)
+
+
+def test_an_admin_drains_a_worker_and_resumes_it(cluster: Cluster):
+    cluster.start_broker()
+    cluster.start_worker(1, "--preload", "", name="keeper")
+    cluster.wait_workers(1)
+    client = cluster.client()
+    r = cluster.cli("drain", "keeper", "--json")
+    assert r.returncode == 0, r.stderr
+    assert '"draining": true' in r.stdout
+    job = client.submit(_files(3, "held"), processor="noop")
+    # barrier: a later stats tick shows the worker draining and the job still fully queued
+    wait_for(lambda: [w["state"] for w in client.workers()] == ["draining"], 10)
+    assert client.status(job, tasks=False)["queued"] == 3
+    assert cluster.cli("drain", "keeper", "--resume").returncode == 0
+    assert client.wait(job, timeout=20)["state"] == "done"
+    assert cluster.cli("drain", "nobody").returncode != 0

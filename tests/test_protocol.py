@@ -25,6 +25,8 @@ SAMPLES: list[p.Message] = [
     p.Delete(req=17, job_id="abc123"),
     p.Purge(req=18, state="done", older_than_s=3600.5, tenant="acme", limit=10),
     p.Purge(req=18),
+    p.DrainWorker(req=19, worker="w1"),
+    p.DrainWorker(req=20, worker="w1", drain=False),
     p.Status(req=2, job_id="abc123", tasks=False),
     p.ListJobs(req=3, state="failed", search="cat", limit=10, offset=20),
     p.ListJobs(req=3),  # optional fields left at None
