@@ -77,6 +77,7 @@ class WorkerDetailScreen(Screen):
     BINDINGS = [
         Binding("escape", "back", "Back", key_display="esc"),
         Binding("h", "app.chart_span", "Chart span", show=False, tooltip="Overview chart: last 2 min / last hour"),
+        Binding("d", "drain", "Drain/resume", tooltip="Admin: this worker takes no new tasks (again: takes them)"),
     ]
 
     def __init__(self, name: str) -> None:
@@ -217,6 +218,15 @@ class WorkerDetailScreen(Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+    def action_drain(self) -> None:
+        """Toggle: drain the worker (no new tasks; running ones go on), or give it tasks again."""
+        if not self.app.connected_or_say("drain"):
+            return
+        drain = not self.worker.get("held")
+        name = self.worker_name
+        self.app._call("drain_worker", name, drain,
+                       done=lambda r: f"worker {name} " + ("takes no new tasks" if drain else "takes tasks again"))
 
     @on(DataTable.RowSelected, "#worker-tasks")
     def _selected(self) -> None:
