@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker.blobs import fsync_dir, write_new
 from broker.store import StoreError
 from broker.store.backup import named_blobs, snapshot, summary
 
@@ -162,7 +163,7 @@ def backup(data_dir: Path, dest: Path, *, link: bool = True) -> BackupReport:
             raise BackupError(str(e)) from e
         _copy_blobs(data_dir / BLOBS_NAME, dest / BLOBS_NAME, dest / DB_NAME, report, link, lock)
         report.key_files = _copy_tree(data_dir / KEYS_NAME, dest / KEYS_NAME)
-        _fsync_dir(dest)
+        fsync_dir(dest)
     finally:
         lock.unlink(missing_ok=True)
     report.seconds = round(time.monotonic() - started, 3)
@@ -195,7 +196,7 @@ def _take_lock(data_dir: Path) -> Path:
             continue
         os.close(fd)
         path.write_text(f"{os.getpid()} {time.time():.3f}\n")
-        _fsync_dir(data_dir)
+        fsync_dir(data_dir)
         return path
     raise BackupError(f"could not take {path}: another backup keeps taking it")
 
@@ -247,7 +248,7 @@ def _copy_blobs(src_root: Path, dst_root: Path, db: Path, report: BackupReport, 
     except StoreError as e:
         raise BackupError(str(e)) from e
     for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
 
 def _copy_blob(src: Path, dst: Path, digest: str, link: bool) -> bool:
@@ -297,34 +298,14 @@ def _copy_tree(src: Path, dst: Path) -> int:
                 continue
             with open(path, "rb") as f:
                 data = f.read()
-            _write_new(here / name, data)
+            write_new(here / name, data)
             n += 1
-        _fsync_dir(here)
+        fsync_dir(here)
     return n
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    """A new file holding `data`, 0600, fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _touch(lock: Path) -> None:
     try:
         os.utime(lock)
     except FileNotFoundError:  # removed by hand: put it back, the copy still needs it
-        _write_new(lock, f"{os.getpid()} {time.time():.3f}\n".encode())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_new(lock, f"{os.getpid()} {time.time():.3f}\n".encode())

@@ -69,18 +69,11 @@ class FileBlobStore:
         folder = target.parent
         if not folder.exists():
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _fsync_dir(folder.parent)
+            fsync_dir(folder.parent)
         tmp = self.tmp / f"{digest}.{os.getpid()}.{time.monotonic_ns()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_new(tmp, data)
         os.replace(tmp, target)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return digest
 
     def get(self, digest: str) -> bytes | mmap.mmap:
@@ -121,7 +114,20 @@ def _is_digest(name: str) -> bool:
     return len(name) == DIGEST_HEX and all(c in "0123456789abcdef" for c in name)
 
 
-def _fsync_dir(path: Path) -> None:
+def write_new(path: Path, data: bytes | memoryview) -> None:
+    """A new file (never an existing one) holding `data`, 0600, fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a new or renamed file) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
