@@ -28,71 +28,24 @@ import mmap
 import multiprocessing
 import multiprocessing.queues
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
-from harness import REPO, BrokerUnavailable, Client, free_port, machine, median, percentile
+from harness import Client, Running, machine, median, percentile, started
 
 MB = 1_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@dataclass
-class Cluster:
-    endpoint: str
-    data: Path
-    broker_pid: int
-
-
-@contextmanager
-def cluster(parent: Path, workers: int, slots: int) -> Iterator[Cluster]:
+def cluster(parent: Path, workers: int, slots: int) -> AbstractContextManager[Running]:
     """A broker with its data dir under `parent` (so we know where its bytes land) and workers."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "cli"]
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="cutq-bytes-", dir=parent) as tmp:
-        data = Path(tmp) / "data"
-        try:
-            procs.append(subprocess.Popen([*cmd, "broker", "--bind", endpoint, "--data", str(data)], env=env,
-                                          stderr=subprocess.DEVNULL))
-            with Client(endpoint, timeout=1.0) as c:
-                deadline = time.monotonic() + 20
-                while True:
-                    try:
-                        c.stats()
-                        break
-                    except BrokerUnavailable:
-                        if time.monotonic() > deadline:
-                            raise
-            for i in range(workers):
-                procs.append(subprocess.Popen([*cmd, "worker", "--connect", endpoint, "--name", f"bytes{i}",
-                                               "--concurrency", str(slots), "--preload", ""],
-                                              env=env, stderr=subprocess.DEVNULL))
-            with Client(endpoint) as c:
-                deadline = time.monotonic() + 60
-                while len([w for w in c.workers() if w["state"] == "alive"]) < workers:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("workers did not join")
-                    time.sleep(0.05)
-            yield Cluster(endpoint, data, procs[0].pid)
-        finally:
-            for p in reversed(procs):
-                p.send_signal(signal.SIGINT)
-            for p in procs:
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+    return started(workers, ["--concurrency", str(slots), "--preload", ""], parent=parent)
 
 
 # ---------------------------------------------------------------- measurements
@@ -183,7 +136,7 @@ def wait_done(c: Client, base: int, n: int, timeout: float = 600) -> None:
 # ---------------------------------------------------------------- 1. throughput
 
 
-def throughput_run(cl: Cluster, images: list[bytes], tag: str, submitters: int) -> tuple[float, int, float]:
+def throughput_run(cl: Running, images: list[bytes], tag: str, submitters: int) -> tuple[float, int, float]:
     """Submit every image as its own job, wait until all are done, fetch every result;
     returns (MB/s of images, bytes the broker wrote, broker CPU seconds)."""
     jobs: list[tuple[str, int]] = []  # (job id, image index)
@@ -251,7 +204,7 @@ def client_streams() -> bool:
     return "UploadStart" in inspect.getsource(Client)
 
 
-def big_job(cl: Cluster, count: int, size: int) -> dict:
+def big_job(cl: Running, count: int, size: int) -> dict:
     rss: list[tuple[int, int, str]] = []  # (resident, anonymous, phase)
     phase = ["submit"]
     stop = threading.Event()

@@ -10,8 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,16 +40,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Running:
+    """A started broker: where to reach it, where its data dir is, and its pid."""
+
+    endpoint: str
+    data: Path
+    broker_pid: int
+
+
 @contextmanager
-def cluster(workers: int, worker_args: list[str], broker_args: list[str] = ()) -> Iterator[str]:
+def cluster(workers: int, worker_args: list[str], broker_args: Sequence[str] = ()) -> Iterator[str]:
     """Yield the endpoint of a fresh broker (temp data dir) with `workers` workers attached."""
+    with started(workers, worker_args, broker_args) as running:
+        yield running.endpoint
+
+
+@contextmanager
+def started(workers: int, worker_args: list[str], broker_args: Sequence[str] = (),
+            parent: Path | None = None) -> Iterator[Running]:
+    """A fresh broker with its data dir in a temp dir under `parent` (default: the system's) and
+    `workers` workers attached; all stopped on exit."""
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "cli"]
-    procs: list[subprocess.Popen] = []
-    with tempfile.TemporaryDirectory(prefix="cutq-bench-") as tmp:
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="cutq-bench-", dir=parent) as tmp:
+        data = Path(tmp) / "data"
         try:
-            procs.append(subprocess.Popen([*cmd, "broker", "--bind", endpoint, "--data", tmp, *broker_args],
+            procs.append(subprocess.Popen([*cmd, "broker", "--bind", endpoint, "--data", str(data), *broker_args],
                                           env=env, stderr=subprocess.DEVNULL))
             with Client(endpoint, timeout=1.0) as c:
                 deadline = time.monotonic() + 20
@@ -68,13 +88,13 @@ def cluster(workers: int, worker_args: list[str], broker_args: list[str] = ()) -
                     if time.monotonic() > deadline:
                         raise RuntimeError("workers did not join")
                     time.sleep(0.05)
-            yield endpoint
+            yield Running(endpoint, data, procs[0].pid)
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGINT)
             for p in procs:
                 try:
-                    p.wait(timeout=15)
+                    p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
 
