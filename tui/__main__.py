@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import time
 
-    from tui.memory import MemorySource, memory_feed, sample_dataset, simulate
+    from tui.memory import MemorySource, memory_feed, simulate
+    from tui.sample_data import sample_dataset
     from tui.widgets.preview import detect_graphics
 
     detect_graphics()

@@ -27,24 +27,24 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import zmq
 from textual.message import Message
 
-from shared import protocol as p
-from shared.client import BrokerUnavailable, Client, CutqError
+from shared.client import BrokerUnavailable, CutqError
+from tui.coalesce import Coalescer
 from tui.messages import (
     Connected,
     Disconnected,
-    FeedBatch,
     JobDetail,
     JobMissing,
     JobsPage,
     StatsUpdated,
     WorkersLoaded,
 )
-from tui.model import COUNT_KEYS, JobsQuery
+from tui.model import JobsQuery
+from tui.sources import BrokerSource, Source
 
 log = logging.getLogger(__name__)
 
@@ -65,151 +65,6 @@ class FeedConfig:
     jobs_reload_min: float = 1.0  # spacing of page reloads triggered by new jobs
     workers_resync: float = 5.0  # heartbeat ages and throughput are not in events; 0 turns it off
     subscribe_ttl: float = 10.0
-
-
-class Source(Protocol):
-    """What the feed needs from a connection: the subset of `shared.client.Client` it calls."""
-
-    def stats(self) -> dict[str, Any]: ...
-    def probe(self, timeout: float) -> None: ...
-    def workers(self) -> list[dict[str, Any]]: ...
-    def list_jobs(self, state: str | None = None, *, search: str | None = None, limit: int = 50,
-                  offset: int = 0, sort: str = "created", descending: bool = True) -> dict[str, Any]: ...
-    def status(self, job_id: str, *, tasks: bool = True) -> dict[str, Any]: ...
-    def subscribe(self, job_id: str | None = None, ttl: float = 10.0) -> None: ...
-    def next_events(self, timeout: float) -> list[dict]: ...
-    def close(self) -> None: ...
-
-
-class BrokerSource(Client):
-    """The client library plus the few requests the dashboard makes that it has no call for
-    (sorted job lists, a probe with its own short wait, a job's running tasks)."""
-
-    def list_jobs(self, state: str | None = None, *, search: str | None = None, limit: int = 50,
-                  offset: int = 0, sort: str = "created", descending: bool = True) -> dict[str, Any]:
-        return self._request(p.ListJobs(req=0, state=state, search=search, limit=limit, offset=offset, sort=sort,
-                                        descending=descending)).data
-
-    def probe(self, timeout: float) -> None:
-        """Raises BrokerUnavailable unless the broker answers within `timeout` seconds."""
-        self._request(p.Stats(req=0), timeout=timeout)
-
-    def running_tasks(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
-        """The job's running tasks (with their file names and workers)."""
-        data = self._request(p.Status(req=0, job_id=job_id, task_state="running", task_limit=limit)).data
-        return list(data.get("tasks") or [])
-
-    def worker_tasks(self, worker_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
-        """The tasks `worker_id` runs now, with job and file names: from the jobs named (those the
-        event stream said), else from every job with running tasks."""
-        return worker_tasks(self, worker_id, job_ids)
-
-    def task_ids(self, job_id: str, state: str) -> list[int]:
-        data = self._request(p.Status(req=0, job_id=job_id, task_state=state)).data
-        return [int(t["task_id"]) for t in data.get("tasks") or []]
-
-    def retry_failed(self, job_id: str) -> dict[str, Any]:
-        """Re-queue every failed task of a job (not the cancelled ones: Retry without ids takes both)."""
-        return retry_failed(self, job_id)
-
-
-def retry_failed(source: Any, job_id: str, chunk: int = 5000) -> dict[str, Any]:
-    """See BrokerSource.retry_failed; shared with the in-memory source."""
-    ids = source.task_ids(job_id, "failed")
-    requeued = 0
-    for i in range(0, len(ids), chunk):
-        requeued += int(source.retry(job_id, ids[i:i + chunk]).get("requeued") or 0)
-    return {"requeued": requeued}
-
-
-def worker_tasks(source: Any, worker_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
-    """See BrokerSource.worker_tasks; shared with the in-memory source."""
-    jobs = list(dict.fromkeys(job_ids))
-    if not jobs:
-        page = source.list_jobs("running", limit=200)
-        jobs = [j["job_id"] for j in page.get("jobs") or [] if j.get("running")]
-    out: list[dict[str, Any]] = []
-    for job_id in jobs:
-        try:
-            tasks = source.running_tasks(job_id)
-        except BrokerUnavailable:
-            raise
-        except CutqError:  # the job went meanwhile
-            continue
-        out += [t for t in tasks if str(t.get("worker")) == worker_id]
-    return out
-
-
-class Coalescer:
-    """Folds broker events into the next batch: latest job event per job, latest task
-    event per task, worker events kept in order, the latest stats.
-
-    It also keeps the overview's counts in step with the job rows: the broker sends stats
-    once a second but job events at every turn, so between two stats the batch carries
-    `counts_delta`, what the job events since the last stats changed (each job event holds
-    the job's counts; the change is new minus the last counts seen for that job).
-    """
-
-    def __init__(self) -> None:
-        self.known: dict[str, dict[str, int]] = {}  # job id -> its counts in the last event
-        self.delta: dict[str, int] = {}
-        self.reset()
-
-    def reset(self) -> None:
-        self.stats: dict | None = None
-        self.jobs: dict[str, dict] = {}
-        self.events: dict[tuple, dict] = {}
-        self.received = 0
-        self.dropped = 0
-        self._n = 0
-
-    @property
-    def pending(self) -> bool:
-        return bool(self.stats is not None or self.jobs or self.events)
-
-    def add(self, events: list[dict]) -> None:
-        for ev in events:
-            self.received += 1
-            kind = ev.get("kind")
-            if kind == "stats":
-                self.stats = ev
-                self.delta = {}
-            elif kind == "job" and ev.get("job_id"):
-                self.dropped += ev["job_id"] in self.jobs
-                self.jobs[ev["job_id"]] = ev
-                self._count(ev)
-            elif kind in ("task", "progress") and ev.get("task_id") is not None:
-                key = (kind, ev["task_id"])
-                self.dropped += self.events.pop(key, None) is not None
-                self.events[key] = ev  # re-inserted: keeps arrival order of last updates
-            elif kind == "worker":
-                self._n += 1
-                self.events[("worker", self._n)] = ev
-            else:
-                self.dropped += 1
-
-    def _count(self, ev: dict) -> None:
-        jid = ev["job_id"]
-        counts = {k: int(ev.get(k) or 0) for k in COUNT_KEYS}
-        before = self.known.get(jid)
-        if before is not None:  # a job first heard of now: its change is in the next stats
-            for k in COUNT_KEYS:
-                if counts[k] != before[k]:
-                    self.delta[k] = self.delta.get(k, 0) + counts[k] - before[k]
-        if counts["queued"] or counts["running"]:
-            self.known[jid] = counts
-        else:
-            self.known.pop(jid, None)  # finished: only a retry changes it again
-
-    def forget_counts(self) -> None:
-        """A fresh stats snapshot was loaded (not from the stream): start the delta again."""
-        self.delta = {}
-
-    def take(self) -> FeedBatch:
-        batch = FeedBatch(stats=self.stats, jobs=self.jobs, events=list(self.events.values()),
-                          received=self.received, dropped=self.dropped, counts_delta=dict(self.delta))
-        self.reset()
-        return batch
 
 
 class Feed:

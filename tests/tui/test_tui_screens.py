@@ -13,7 +13,8 @@ from textual.widgets import DataTable, Input, Select
 from tests.tui.helpers import NOW, run_async, wait_until
 from tui.app import CutqApp
 from tui.feed import FeedConfig
-from tui.memory import MemorySource, memory_feed, sample_dataset
+from tui.memory import MemorySource, memory_feed
+from tui.sample_data import sample_dataset
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
 from tui.screens.job_detail import JobDetailScreen

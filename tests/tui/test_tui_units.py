@@ -14,10 +14,12 @@ import pytest
 from tests.cluster import REPO
 from tests.tui.helpers import NOW
 from tui import fmt
-from tui.feed import Coalescer, Feed, FeedConfig
-from tui.memory import MemorySource, memory_feed, sample_dataset
+from tui.coalesce import Coalescer
+from tui.feed import Feed, FeedConfig
+from tui.memory import MemorySource, memory_feed
 from tui.messages import Connected, Disconnected, FeedBatch, JobDetail, JobMissing, JobsPage, StatsUpdated
 from tui.model import JobsQuery, TaskBook, Throughput, WorkerBook, merge_job, merge_task, page_range
+from tui.sample_data import sample_dataset
 from tui.screens.paths import complete_path, count_images
 from tui.screens.submit import parse_color, split_paths
 from tui.widgets.keybar import hint_width, layout

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from rich.table import Table
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -17,13 +15,12 @@ from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from shared.client import CutqError
-from shared.options import REMBG_DEFAULTS
 from shared.states import TERMINAL
-from tui import fmt
 from tui.model import JOB_FILTERS, TaskBook, merge_job, page_range
 from tui.screens.overview import filter_bindings
 from tui.screens.preview import PreviewScreen
-from tui.widgets.jobs_table import PageRequest, model_label
+from tui.widgets.job_summary import summary
+from tui.widgets.jobs_table import PageRequest
 from tui.widgets.keybar import KeyBar
 from tui.widgets.preview import TaskPreview, decode
 from tui.widgets.stats_panel import roomy
@@ -36,55 +33,6 @@ if TYPE_CHECKING:
 PREVIEW_CACHE = 24
 TASK_PAGE = 500  # rows in the tasks table at once; a job may have 10,000 tasks
 TASK_FILTERS = JOB_FILTERS  # 1-6: all, queued, running, done, failed, cancelled
-
-
-def options_text(job: dict) -> str:
-    """'u2netp · png · alpha matting (fg 240 bg 10 erode 10) · bg #ffffff' from a job's options;
-    rembg settings left at their defaults are not repeated."""
-    opts = job.get("options") or {}
-    parts = [model_label(job)]
-    if job.get("processor", "rembg") == "rembg":
-        parts.append(str(opts.get("format") or "png"))
-        if opts.get("alpha_matting"):
-            tuned = [(label, opts.get(key)) for key, label in (
-                ("alpha_matting_foreground_threshold", "fg"), ("alpha_matting_background_threshold", "bg"),
-                ("alpha_matting_erode_size", "erode")) if opts.get(key) not in (None, REMBG_DEFAULTS[key])]
-            parts.append("alpha matting" + (f" ({' '.join(f'{k} {v}' for k, v in tuned)})" if tuned else ""))
-        for key, label in (("only_mask", "mask only"), ("post_process_mask", "post-process")):
-            if opts.get(key):
-                parts.append(label)
-        if opts.get("bgcolor"):
-            rgba = [int(c) for c in opts["bgcolor"]]
-            parts.append("bg #" + "".join(f"{c:02x}" for c in (rgba[:3] if rgba[3:] in ([], [255]) else rgba)))
-    known = set(REMBG_DEFAULTS) if job.get("processor", "rembg") == "rembg" else {"model", "format"}
-    parts += [f"{k}={v}" for k, v in opts.items() if k not in known]
-    return " · ".join(parts)
-
-
-def summary(job: dict, now: float, wide: bool) -> Table:
-    """Two lines: state, progress and counts; then processor/options and timings."""
-    grid = Table.grid(padding=(0, 2), expand=True)
-    grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
-    counts = Text()
-    for state in ("done", "failed", "cancelled", "running", "queued"):
-        n = int(job.get(state) or 0)
-        label = f" {state}" if wide else ""
-        counts.append(f"{fmt.STATE_ICON[state]} {n}{label}  ", style=fmt.STATE_STYLE[state] if n else "dim")
-    line1 = Text.assemble(fmt.state_text(job.get("state") or "queued"), "  ",
-                          fmt.progress_bar(job, 40 if wide else 14, marks=False),
-                          (f"  {fmt.percent(job)}% done  ", "bold"), counts)
-    line2 = Text.assemble((options_text(job), "#7dcfff"), ("  submitted ", "dim"),
-                          fmt.clock(job.get("created"), now))
-    if job.get("finished"):
-        line2.append_text(Text.assemble(("  finished ", "dim"), fmt.clock(job.get("finished"), now)))
-    line2.append_text(Text.assemble(("  took " if job.get("finished") else "  running for ", "dim"),
-                                    fmt.duration(fmt.job_duration(job, now))))
-    if wide:
-        line2.append_text(Text.assemble(("  tenant ", "dim"), str(job.get("tenant") or "default"),
-                                        ("  priority ", "dim"), str(job.get("priority") or 0)))
-    grid.add_row(line1)
-    grid.add_row(line2)
-    return grid
 
 
 class JobDetailScreen(Screen):
