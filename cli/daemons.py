@@ -12,8 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cli.parsing import Subparsers, add_command, bind_and_data, client_options, non_negative_int, positive_int
-from shared.client import endpoint_problem
-from shared.config import DEFAULT_MODEL, BrokerConfig, WorkerConfig, parse_duration
+from shared.config import DEFAULT_MODEL, BrokerConfig, WorkerConfig, endpoint_problem, parse_duration
 
 
 def duration(text: str) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cli.output import ago, print_json, table
 from cli.parsing import HelpFormatter, Subparsers, add_command, client_options, late_copy
-from shared.client import endpoint_problem
+from shared.config import endpoint_problem
 from shared.security import Credentials
 
 _DEFAULT_LISTEN = "127.0.0.1:8080"

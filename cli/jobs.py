@@ -25,10 +25,12 @@ from cli.parsing import (
     positive_float,
     positive_int,
 )
-from shared.client import JOB_SORTS, MAX_MESSAGE_BYTES, Client, collect_images, make_folder
+from shared.client import JOB_SORTS, MAX_MESSAGE_BYTES, Client
 from shared.config import DEFAULT_MODEL
 from shared.options import KNOWN_MODELS, PROCESSORS
+from shared.results import make_folder
 from shared.states import TASK_STATES, TERMINAL
+from shared.uploads import collect_images
 
 FAILURES_SHOWN = 20  # failed tasks named one per line; the rest are counted
 STATUS_PAGE = 50  # rows of `cutq status`'s task table, unless --per-page says otherwise

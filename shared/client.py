@@ -4,7 +4,9 @@ Synchronous and single-threaded: one DEALER socket per Client, requests matched 
 replies by `req` id, pushed events buffered in between.  Use one Client per thread.
 A job bigger than one part (8 MiB) is streamed: `UploadStart`, parts of about the
 broker's part size with a few in flight, then one `Submit` naming the upload, so
-neither side ever holds the whole job in memory.  Never imports textual.
+neither side ever holds the whole job in memory (shared/uploads.py); `fetch` writes results
+into a folder through shared/results.py; the errors are in shared/errors.py, importable from
+here too.  Never imports textual.
 
 Until the broker has answered once, a request waits at most `connect_timeout` (3 s)
 for the connection itself, so a broker that is not there is reported within seconds
@@ -15,94 +17,31 @@ from __future__ import annotations
 
 import itertools
 import os
-import stat
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import zmq
 
 from shared import protocol as p
-from shared.config import default_endpoint
-from shared.names import name_key, safe_result_name, validate_input_name
+from shared.config import default_endpoint, endpoint_problem
+from shared.errors import BrokerUnavailable, CutqError
+from shared.results import fetch_job, result_filename
 from shared.security import Credentials
 from shared.states import TERMINAL
+from shared.uploads import IMAGE_SUFFIXES, JobSpec, Progress, collect_images, read_lazily, submit_job, total_size
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-PART_BYTES = 8 * 1024 * 1024  # a job smaller than this goes in one Submit; bigger ones are streamed
-UPLOAD_WINDOW = 4  # parts sent and not yet acknowledged, at most
+# the public API, with the names the dashboard (tui/) imports from here though they live elsewhere
+__all__ = [
+    "CONNECT_TIMEOUT", "IMAGE_SUFFIXES", "JOB_SORTS", "MAX_MESSAGE_BYTES", "BrokerUnavailable", "Client",
+    "CutqError", "Progress", "collect_images", "result_filename",
+]
+
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the broker's default --max-message-mb
-PART_MAX_NAMES = 1000  # images in one part, at most (its body stays small)
-_FRAMES_OVERHEAD = 512  # version, type and msgpack body around one image, besides its name
 CONNECT_TIMEOUT = 3.0  # first contact: seconds to wait for the connection before saying there is no broker
 JOB_SORTS: tuple[str, ...] = ("created", "state", "progress", "errors", "tenant")  # what ListJobs sorts by
-
-Progress = Callable[[int, "int | None"], None]  # (bytes acknowledged, total bytes or None if unknown)
-
-
-class CutqError(Exception):
-    """An error the broker reported (or a client-side refusal); `code` is machine-readable."""
-
-    def __init__(self, message: str, code: str = "error") -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class BrokerUnavailable(CutqError):
-    """No reply from the broker within the timeout."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="unavailable")
-
-
-def endpoint_problem(endpoint: str) -> str:
-    """Why `endpoint` cannot name a broker to connect to ("" when it can): tcp://HOST:PORT,
-    ipc://PATH or inproc://NAME.  ZeroMQ itself takes `tcp://host:99999` and fails later."""
-    scheme, sep, rest = endpoint.partition("://")
-    if not sep or not rest:
-        return "expected tcp://HOST:PORT or ipc://PATH"
-    if scheme == "tcp":
-        host, colon, port = rest.rpartition(":")
-        if not colon or not host or host == "*" or not port.isdigit() or not 0 < int(port) < 65536:
-            return "expected tcp://HOST:PORT with a host name or address and a port from 1 to 65535"
-    elif scheme not in ("ipc", "inproc"):
-        return f"unknown transport {scheme!r}: expected tcp://HOST:PORT or ipc://PATH"
-    return ""
-
-
-def collect_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """Expand files and directories (non-recursive, sorted) into image files to submit."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if _input_file(path) is not None:
-            found.append(path)
-            continue
-        try:
-            found.extend(sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
-        except OSError as e:
-            raise CutqError(f"cannot list the folder {path}: {e.strerror or e}", code="bad_request") from None
-    if not found:
-        raise CutqError("no image files to submit", code="bad_request")
-    return found
-
-
-def _input_file(path: Path) -> Path | None:
-    """`path` itself if it is a regular file, None if a directory; CutqError otherwise."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise CutqError(f"no such file or directory: {path}", code="bad_request") from None
-    except OSError as e:
-        raise CutqError(f"cannot read {path}: {e.strerror or e}", code="bad_request") from None
-    if stat.S_ISDIR(mode):
-        return None
-    if not stat.S_ISREG(mode):
-        raise CutqError(f"not a regular file: {path}", code="bad_request")
-    return path
 
 
 class Client:
@@ -259,82 +198,9 @@ class Client:
         `progress(bytes_acknowledged, total_bytes or None)` is called as parts are
         acknowledged; `total_bytes` defaults to the sum of a sequence's sizes.  `webhook`: a URL
         the broker POSTs a signed summary to when the job ends."""
-        if isinstance(files, Sequence):
-            if not files:
-                raise CutqError("a job needs at least one image", code="bad_request")
-            for name, data in files:  # before anything is sent
-                self._check_image(name, len(data))
-            if total_bytes is None:
-                total_bytes = sum(len(data) for _, data in files)
-        job = _JobSpec(processor, dict(options or {}), priority, tenant, no_cache,
-                       max(self.timeout, 60.0) if timeout is None else timeout, webhook)
-        items = iter(files)
-        head: list[tuple[str, bytes]] = []
-        size = 0
-        for name, data in items:
-            self._check_image(name, len(data))
-            head.append((name, data))
-            size += len(data)
-            if size >= PART_BYTES:
-                return self._upload(job, head, items, total_bytes, progress)
-        if not head:
-            raise CutqError("a job needs at least one image", code="bad_request")
-        if progress is not None:
-            progress(0, total_bytes)
-        msg = p.Submit(req=0, names=[n for n, _ in head], processor=job.processor, options=job.options,
-                       priority=job.priority, tenant=job.tenant, no_cache=job.no_cache, webhook=job.webhook)
-        msg.blobs = [data for _, data in head]
-        job_id: str = self._request(msg, timeout=job.timeout).data["job_id"]
-        if progress is not None:
-            progress(size, total_bytes)
-        return job_id
-
-    def _check_image(self, name: str, size: int) -> None:
-        """Refuse, before sending, a bad name or an image no message can carry."""
-        problem = validate_input_name(name)
-        if problem:
-            raise CutqError(problem, code="bad_request")
-        limit = self.max_message_bytes - _FRAMES_OVERHEAD - len(name.encode("utf-8", "surrogatepass"))
-        if size > limit:
-            raise CutqError(f"{_label(name)} is {size} bytes, more than one message to the broker may carry "
-                            f"({self.max_message_bytes} bytes with its name); not sent", code="too_large")
-
-    def _upload(self, job: _JobSpec, head: list[tuple[str, bytes]], rest: Iterator[tuple[str, bytes]],
-                total: int | None, progress: Progress | None) -> str:
-        """Stream a big job: UploadStart, the parts with a window of acknowledgements, Submit."""
-        start = self._request(p.UploadStart(req=0)).data
-        upload_id, part_bytes = str(start["upload_id"]), int(start.get("part_bytes") or PART_BYTES)
-        if progress is not None:
-            progress(0, total)
-        pending: dict[int, int] = {}  # req -> bytes of that part, sent and not yet acknowledged
-        acked = 0
-
-        def checked() -> Iterator[tuple[str, bytes]]:
-            while head:  # handed over one by one, so the first part's bytes are not held to the end
-                yield head.pop(0)
-            for name, data in rest:
-                self._check_image(name, len(data))
-                yield name, data
-
-        def wait_one() -> None:
-            nonlocal acked
-            reply = self._await(pending.keys(), self.timeout)
-            acked += pending.pop(reply.req)
-            if progress is not None:
-                progress(acked, total)
-
-        for number, part in enumerate(_parts(checked(), part_bytes)):
-            while len(pending) >= UPLOAD_WINDOW:
-                wait_one()
-            msg = p.UploadPart(req=0, upload_id=upload_id, part=number, names=[n for n, _ in part])
-            msg.blobs = [data for _, data in part]
-            pending[self._send(msg, self.timeout)] = sum(len(d) for d in msg.blobs)
-            del msg, part  # the socket keeps what it still has to send; nothing else holds the bytes
-        while pending:
-            wait_one()
-        done = p.Submit(req=0, names=[], processor=job.processor, options=job.options, priority=job.priority,
-                        tenant=job.tenant, upload_id=upload_id, no_cache=job.no_cache, webhook=job.webhook)
-        return str(self._request(done, timeout=job.timeout).data["job_id"])
+        job = JobSpec(processor, dict(options or {}), priority, tenant, no_cache,
+                      max(self.timeout, 60.0) if timeout is None else timeout, webhook)
+        return submit_job(self, files, job, progress, total_bytes)
 
     def submit_paths(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> str:
         """Submit image files and directories as one job (see `submit` for options).
@@ -342,16 +208,8 @@ class Client:
         Every name and size is checked before anything is sent; each file is read only when
         its part is built, so a job of many GB needs a few parts' worth of memory."""
         files = collect_images(paths)
-        total = 0
-        for f in files:
-            try:
-                size = f.stat().st_size
-            except OSError as e:
-                raise CutqError(f"cannot read {f}: {e.strerror or e}", code="bad_request") from None
-            self._check_image(f.name, size)
-            total += size
-        kwargs.setdefault("total_bytes", total)
-        return self.submit(_read_lazily(files), **kwargs)
+        kwargs.setdefault("total_bytes", total_size(files, self.max_message_bytes))
+        return self.submit(read_lazily(files), **kwargs)
 
     def status(self, job_id: str, *, tasks: bool = True, task_state: str | None = None, task_limit: int = 0,
                task_offset: int = 0) -> dict[str, Any]:
@@ -445,38 +303,7 @@ class Client:
         to `not_done` if given.  `job_id` may be a unique prefix.  A folder that cannot be
         made is a CutqError naming it, raised before anything is asked of the broker.
         """
-        out = Path(out_dir)
-        root = make_folder(out)
-        written: list[Path] = []
-        skipped: list[str] = []
-        taken: set[str] = set()
-        for task in self.status(job_id)["tasks"]:
-            if task["state"] != "done":
-                if not_done is not None:
-                    not_done.append(task)
-                continue
-            label = f"task {task['task_id']} ({_label(task['name'])})"
-            try:
-                meta, data = self.fetch_result(task["task_id"])
-            except BrokerUnavailable:
-                raise
-            except CutqError as e:
-                skipped.append(f"{label}: {e}")
-                continue
-            name = safe_result_name(task["name"], meta.get("ext"), task["task_id"], taken)
-            taken.add(name_key(name))
-            try:
-                _write_inside(root, name, data)
-            except (OSError, CutqError) as e:
-                skipped.append(f"{label}: not written: {e}")
-                continue
-            written.append(out / name)
-        if problems is not None:
-            problems.extend(skipped)
-        elif skipped:
-            raise CutqError(f"{len(skipped)} result(s) of job {job_id} not written "
-                            f"({len(written)} written): {skipped[0]}", code="fetch_failed")
-        return written
+        return fetch_job(self, job_id, Path(out_dir), problems, not_done)
 
     # ------------------------------------------------------------------ events
 
@@ -537,93 +364,3 @@ class Client:
             if not events or any(e.get("job_id") == job_id and e.get("kind") == "job" for e in events):
                 status = self.status(job_id, tasks=False)
         return self.status(job_id)
-
-
-@dataclass(frozen=True)
-class _JobSpec:
-    """What a job's Submit carries besides its images, and how long its acknowledgement may take."""
-
-    processor: str
-    options: dict[str, Any]
-    priority: int
-    tenant: str
-    no_cache: bool
-    timeout: float
-    webhook: str | None = None
-
-
-def _parts(items: Iterable[tuple[str, bytes]], part_bytes: int) -> Iterator[list[tuple[str, bytes]]]:
-    """Group images into parts of about `part_bytes` (an image bigger than that goes alone)."""
-    part: list[tuple[str, bytes]] = []
-    size = 0
-    for name, data in items:
-        if part and (size + len(data) > part_bytes or len(part) >= PART_MAX_NAMES):
-            yield part
-            part, size = [], 0
-        part.append((name, data))
-        size += len(data)
-    if part:
-        yield part
-
-
-def _read_lazily(files: list[Path]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each file, read only when asked for (CutqError naming one that cannot be)."""
-    for f in files:
-        try:
-            data = f.read_bytes()
-        except OSError as e:
-            raise CutqError(f"cannot read {f}: {e.strerror or e}", code="bad_request") from None
-        yield f.name, data
-
-
-def make_folder(path: Path) -> Path:
-    """Create the folder `path` (and its parents) if need be; its resolved path.  CutqError
-    (code bad_request), one line naming the folder, when it cannot be made or is not a folder."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise CutqError(f"cannot write results into {path}: it exists and is not a folder",
-                        code="bad_request") from None
-    except OSError as e:
-        raise CutqError(f"cannot create the folder {path}: {e.strerror or e}", code="bad_request") from None
-    return path.resolve()
-
-
-def result_filename(input_name: str, ext: str) -> str:
-    """`photo.jpg` + `png` -> `photo.png`: results are named after their input's stem.
-
-    For display only: it trusts both parts.  Files are named by `shared.names.safe_result_name`."""
-    return f"{Path(input_name).stem}.{ext}"
-
-
-def _label(name: object, limit: int = 60) -> str:
-    """An untrusted name shortened and quoted for a one-line message."""
-    text = str(name)
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))
-
-
-def _write_inside(root: Path, name: str, data: bytes) -> Path:
-    """Write `data` as root/name, refusing a target that resolves outside `root` (`root` resolved).
-
-    The bytes go to a fresh hidden temporary file in `root` (O_EXCL, never following a link),
-    which then replaces root/name: a link already at root/name is replaced, not written through.
-    """
-    target = root / name
-    resolved = target.resolve()
-    if resolved.parent != root or resolved.name in ("", ".", ".."):
-        raise CutqError(f"{name!r} resolves to {str(resolved)!r}, outside {str(root)!r}; refused",
-                        code="unsafe_path")
-    tmp = root / f".{name}.{os.getpid()}.part"
-    tmp.unlink(missing_ok=True)  # left by a killed fetch of the same pid; a link is removed, not followed
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    return target

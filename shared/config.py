@@ -40,6 +40,21 @@ def default_endpoint(env: Mapping[str, str] | None = None) -> str:
     return env.get("CUTQ_CONNECT") or DEFAULT_ENDPOINT
 
 
+def endpoint_problem(endpoint: str) -> str:
+    """Why `endpoint` cannot name a broker to connect to ("" when it can): tcp://HOST:PORT,
+    ipc://PATH or inproc://NAME.  ZeroMQ itself takes `tcp://host:99999` and fails later."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or not rest:
+        return "expected tcp://HOST:PORT or ipc://PATH"
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or host == "*" or not port.isdigit() or not 0 < int(port) < 65536:
+            return "expected tcp://HOST:PORT with a host name or address and a port from 1 to 65535"
+    elif scheme not in ("ipc", "inproc"):
+        return f"unknown transport {scheme!r}: expected tcp://HOST:PORT or ipc://PATH"
+    return ""
+
+
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """$CUTQ_DATA, else $XDG_DATA_HOME/cutq, else ~/.local/share/cutq."""
     env = os.environ if env is None else env

@@ -39,18 +39,19 @@ def validate_input_name(name: object) -> str | None:
         return "a file name is empty"
     size = len(name.encode("utf-8", "surrogatepass"))
     if size > MAX_INPUT_NAME_BYTES:
-        return f"file name {_show(name)} is {size} bytes long (at most {MAX_INPUT_NAME_BYTES})"
+        return f"file name {quote_name(name)} is {size} bytes long (at most {MAX_INPUT_NAME_BYTES})"
     if name.isascii() and name.isprintable():  # the usual name: no control character, nothing else to look at
         return None
     bad = next((ch for ch in name if _unsafe_char(ch)), None)
     if bad is not None:
-        return f"file name {_show(name)} contains the unprintable character U+{ord(bad):04X}"
+        return f"file name {quote_name(name)} contains the unprintable character U+{ord(bad):04X}"
     return None
 
 
-def _show(name: str, limit: int = 60) -> str:
+def quote_name(name: object, limit: int = 60) -> str:
     """A short, printable, one-line rendering of an untrusted name for an error message."""
-    return repr(name[:limit] + ("..." if len(name) > limit else ""))
+    text = str(name)
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def _truncate_utf8(text: str, max_bytes: int) -> str:

@@ -31,10 +31,11 @@ from typing import Any
 import zmq
 
 from shared import protocol as p
-from shared.client import MAX_MESSAGE_BYTES, PART_BYTES, BrokerUnavailable, Client, CutqError
+from shared.client import MAX_MESSAGE_BYTES, BrokerUnavailable, Client, CutqError
 from shared.config import default_endpoint
 from shared.names import validate_input_name
 from shared.security import Credentials
+from shared.uploads import PART_BYTES
 
 _FRAMES_OVERHEAD = 512  # version, type and msgpack body around one image, besides its name
 

@@ -20,7 +20,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 SHARED = ["shared", "shared.protocol", "shared.client", "shared.options", "shared.config", "shared.states",
-          "shared.security", "shared.sdnotify", "shared.names"]
+          "shared.security", "shared.sdnotify", "shared.names", "shared.errors", "shared.uploads", "shared.results",
+          "shared.pipeline"]
 
 
 def loaded_after(imports: list[str]) -> set[str]:

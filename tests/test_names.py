@@ -1,5 +1,5 @@
 """File names across trust boundaries (issue 8 item 2): the pure rules in shared/names.py and the
-client's safe write in shared/client.py, without a broker."""
+client's safe write in shared/results.py, without a broker."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.client import Client, CutqError, _write_inside
+from shared.client import Client, CutqError
 from shared.names import (
     MAX_INPUT_NAME_BYTES,
     MAX_RESULT_NAME_BYTES,
@@ -19,6 +19,7 @@ from shared.names import (
     safe_result_name,
     validate_input_name,
 )
+from shared.results import _write_inside
 
 # ---------------------------------------------------------------- safe_result_name
 

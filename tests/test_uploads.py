@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.client import PART_BYTES, BrokerUnavailable, Client, CutqError
+from shared.client import BrokerUnavailable, Client, CutqError
+from shared.uploads import PART_BYTES
 from tests.cluster import Cluster, sample_photo, wait_for
 from tests.test_security import Keys, keys, secure  # noqa: F401  (fixtures)
 
