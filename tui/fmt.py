@@ -9,12 +9,14 @@ import time
 
 from rich.text import Text
 
+from shared.states import ACTIVE, TaskState
+
 STATE_STYLE: dict[str, str] = {
-    "queued": "#8fa3bf",
-    "running": "bold #e0af68",
-    "done": "#9ece6a",
-    "failed": "bold #f7768e",
-    "cancelled": "#737aa2",
+    TaskState.QUEUED: "#8fa3bf",
+    TaskState.RUNNING: "bold #e0af68",
+    TaskState.DONE: "#9ece6a",
+    TaskState.FAILED: "bold #f7768e",
+    TaskState.CANCELLED: "#737aa2",
     "alive": "#9ece6a",
     "dead": "bold #f7768e",
     "left": "#737aa2",
@@ -22,17 +24,20 @@ STATE_STYLE: dict[str, str] = {
     "unknown": "#737aa2",
 }
 STATE_ICON: dict[str, str] = {
-    "queued": "◌",
-    "running": "▶",
-    "done": "✔",
-    "failed": "✖",
-    "cancelled": "⊘",
+    TaskState.QUEUED: "◌",
+    TaskState.RUNNING: "▶",
+    TaskState.DONE: "✔",
+    TaskState.FAILED: "✖",
+    TaskState.CANCELLED: "⊘",
     "alive": "●",
     "dead": "✖",
     "left": "○",
     "draining": "◐",
     "unknown": "?",
 }
+# task states, the finished ones first: the order counts are shown and apportioned in
+FINISHED_FIRST: tuple[str, ...] = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.RUNNING,
+                                   TaskState.QUEUED)
 BAR_DONE = "#9ece6a"
 BAR_FAILED = "#f7768e"
 BAR_CANCELLED = "#737aa2"
@@ -139,7 +144,7 @@ def progress_bar(job: dict, width: int = 12, marks: bool = True) -> Text:
     total = max(0, int(job.get("total") or 0))
     left = total
     counts: dict[str, int] = {}
-    for key in ("done", "failed", "cancelled", "running"):
+    for key in FINISHED_FIRST[:-1]:  # the rest is queued
         counts[key] = max(0, min(int(job.get(key) or 0), left))
         left -= counts[key]
     parts = [(counts["done"], BAR_DONE), (counts["failed"], BAR_FAILED), (counts["cancelled"], BAR_CANCELLED),
@@ -155,7 +160,7 @@ def progress_bar(job: dict, width: int = 12, marks: bool = True) -> Text:
         bar.append("━" * (width - used), style=BAR_EMPTY)
     bar.append(f" {counts['done']}/{total}", style="")
     if marks:
-        for key in ("failed", "cancelled"):
+        for key in (TaskState.FAILED, TaskState.CANCELLED):
             if counts[key]:
                 bar.append(f" {STATE_ICON[key]}{counts[key]}", style=STATE_STYLE[key])
     return bar
@@ -185,7 +190,7 @@ def job_duration(job: dict, now: float) -> float | None:
     created = job.get("created")
     if not created:
         return None
-    end = job.get("finished") or (now if job.get("state") in ("queued", "running") else None)
+    end = job.get("finished") or (now if job.get("state") in ACTIVE else None)
     return None if end is None else end - created
 
 
@@ -194,7 +199,7 @@ def task_duration(task: dict, now: float) -> float | None:
     started = task.get("started")
     if not started:
         return None
-    end = task.get("finished") or (now if task.get("state") == "running" else None)
+    end = task.get("finished") or (now if task.get("state") == TaskState.RUNNING else None)
     return None if end is None else end - started
 
 

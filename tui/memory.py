@@ -12,18 +12,18 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from shared.client import CutqError, collect_images, result_filename
-from shared.states import TASK_STATES, TERMINAL, job_state
+from shared.states import ACTIVE, TASK_STATES, TERMINAL, TaskState, job_state
 from tui.feed import Feed, FeedConfig
 from tui.sample_data import Dataset, make_job, make_tasks, sample_image
 from tui.sample_data import sample_dataset as sample_dataset  # re-exported: bench/tui_frames.py imports it from here
 from tui.sources import retry_failed, worker_tasks
 
-_STATE_RANK = {"queued": 0, "running": 1, "done": 2, "failed": 3, "cancelled": 4}
+_STATE_RANK = {s: i for i, s in enumerate(TASK_STATES)}  # queued 0, running 1, done 2, failed 3, cancelled 4
 SORT_KEYS: dict[str, Callable[[dict], Any]] = {  # as the broker sorts (broker/store/reads.py)
     "created": lambda j: j["created"],
     "state": lambda j: _STATE_RANK.get(j["state"], 5),
@@ -111,7 +111,7 @@ class MemorySource:
             return out
 
     def running_tasks(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
-        return [t for t in self.status(job_id)["tasks"] if t["state"] == "running"][:limit]
+        return [t for t in self.status(job_id)["tasks"] if t["state"] == TaskState.RUNNING][:limit]
 
     def worker_tasks(self, worker_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
         return worker_tasks(self, worker_id, job_ids)
@@ -162,7 +162,7 @@ class MemorySource:
         self._check()
         files = collect_images(paths)
         rng = random.Random(len(self.data.jobs))
-        job = make_job(rng, self.clock(), "queued", len(files))
+        job = make_job(rng, self.clock(), TaskState.QUEUED, len(files))
         job.update(processor=processor, model=(options or {}).get("model"), priority=priority, tenant=tenant)
         with self._lock:
             self.data.jobs.insert(0, job)
@@ -170,7 +170,7 @@ class MemorySource:
         self.push([{"kind": "job", "t": self.clock(), **job}])
         return job["job_id"]
 
-    def _set_tasks(self, job_id: str, task_ids: list[int] | None, from_states: set[str], to: str) -> int:
+    def _set_tasks(self, job_id: str, task_ids: list[int] | None, from_states: Collection[str], to: str) -> int:
         job = self.status(job_id)
         changed = []
         with self._lock:
@@ -188,10 +188,11 @@ class MemorySource:
         return len(changed)
 
     def cancel(self, job_id: str, task_ids: list[int] | None = None) -> dict[str, Any]:
-        return {"cancelled": self._set_tasks(job_id, task_ids, {"queued", "running"}, "cancelled")}
+        return {"cancelled": self._set_tasks(job_id, task_ids, ACTIVE, TaskState.CANCELLED)}
 
     def retry(self, job_id: str, task_ids: list[int] | None = None) -> dict[str, Any]:
-        return {"requeued": self._set_tasks(job_id, task_ids, {"failed", "cancelled"}, "queued")}
+        return {"requeued": self._set_tasks(job_id, task_ids, {TaskState.FAILED, TaskState.CANCELLED},
+                                           TaskState.QUEUED)}
 
     def delete(self, job_id: str) -> dict[str, Any]:
         self._check()
@@ -232,7 +233,7 @@ class MemorySource:
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for task in self.status(job_id)["tasks"]:
-            if task["state"] == "done":
+            if task["state"] == TaskState.DONE:
                 _, data = self.fetch_result(task["task_id"])
                 target = out / result_filename(task["name"], "png")
                 target.write_bytes(data)
@@ -265,9 +266,9 @@ def simulate(source: MemorySource, rate: float, stop: threading.Event, clock: Ca
             next_task += 1
             w = rng.choice(("w-1", "w-2"))
             events.append({"kind": "task", "job_id": job["job_id"], "task_id": next_task, "name": "x.jpg",
-                           "state": "running", "worker": w, "error": None, "attempt": 1, "t": now})
+                           "state": TaskState.RUNNING, "worker": w, "error": None, "attempt": 1, "t": now})
             events.append({"kind": "task", "job_id": job["job_id"], "task_id": next_task, "name": "x.jpg",
-                           "state": "done", "worker": w, "error": None, "attempt": 1, "t": now})
+                           "state": TaskState.DONE, "worker": w, "error": None, "attempt": 1, "t": now})
             if job["queued"]:  # one more done, its counts consistent (a finished job's event changes nothing)
                 job["queued"] -= 1
                 job["done"] += 1

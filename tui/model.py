@@ -12,16 +12,16 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
-from shared.states import TERMINAL
+from shared.states import TASK_STATES, TERMINAL, TaskState
 from tui import fmt
 
-JOB_FILTERS: tuple[str | None, ...] = (None, "queued", "running", "done", "failed", "cancelled")
+JOB_FILTERS: tuple[str | None, ...] = (None, *TASK_STATES)
 # what the broker sorts every job by (ListJobs.sort), and what the sort is called on screen
 JOB_SORTS: tuple[tuple[str, str], ...] = (
     ("created", "submitted"), ("state", "state"), ("progress", "progress"), ("errors", "failures"),
     ("tenant", "tenant"),
 )
-COUNT_KEYS = ("queued", "running", "done", "failed", "cancelled")
+COUNT_KEYS = TASK_STATES  # a job row has a count of its tasks in each state
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ def counts_of(job: dict) -> dict[str, int]:
     total = max(0, int(job.get("total") or 0))
     out: dict[str, int] = {}
     left = total
-    for key in ("done", "failed", "cancelled", "running", "queued"):
+    for key in fmt.FINISHED_FIRST:
         n = max(0, min(int(job.get(key) or 0), left))
         out[key] = n
         left -= n
@@ -109,11 +109,11 @@ def merge_task(task: dict, event: dict) -> dict:
         out["error"] = event["error"]
     if event.get("attempt") is not None:
         out["attempts"] = max(int(out.get("attempts") or 0), int(event["attempt"]))
-    if state == "running":
+    if state == TaskState.RUNNING:
         out["started"], out["finished"] = t or out.get("started"), None
     elif state in TERMINAL:
         out["finished"] = out.get("finished") or t
-    elif state == "queued":
+    elif state == TaskState.QUEUED:
         out["finished"] = None
     return out
 
@@ -266,9 +266,9 @@ class WorkerBook:
             w["busy"] = len(w["tasks"])
             changed = True
         credit = self.workers.get(named or held_by or "")
-        requeued_after_error = state == "queued" and held_by is not None and bool(ev.get("error"))
-        if credit is not None and (state in ("done", "failed") or requeued_after_error):
-            if state == "done":
+        requeued_after_error = state == TaskState.QUEUED and held_by is not None and bool(ev.get("error"))
+        if credit is not None and (state in (TaskState.DONE, TaskState.FAILED) or requeued_after_error):
+            if state == TaskState.DONE:
                 credit["done"] = int(credit.get("done") or 0) + 1
             else:
                 credit["failed"] = int(credit.get("failed") or 0) + 1
@@ -276,7 +276,7 @@ class WorkerBook:
         if credit is not None and (state in TERMINAL or requeued_after_error):
             self._record(str(credit.get("name") or credit.get("id")), ev)
             changed = True
-        if state == "running" and named is not None:
+        if state == TaskState.RUNNING and named is not None:
             w = self.workers[named]
             w["tasks"].append(tid)
             w["busy"] = len(w["tasks"])
@@ -294,7 +294,7 @@ class WorkerBook:
         recent = self.recent.setdefault(name, deque(maxlen=RECENT_TASKS))
         recent.append({"task_id": ev.get("task_id"), "job_id": ev.get("job_id"), "state": ev.get("state"),
                        "error": ev.get("error"), "t": ev.get("t")})
-        if ev.get("state") == "done" and ev.get("t"):
+        if ev.get("state") == TaskState.DONE and ev.get("t"):
             minutes = self.done_per_minute.setdefault(name, {})
             minute = int(ev["t"]) // 60
             minutes[minute] = minutes.get(minute, 0) + 1

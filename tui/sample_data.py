@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw
 
-from shared.states import TASK_STATES, TERMINAL, job_state
+from shared.states import ACTIVE, TASK_STATES, TERMINAL, TaskState, job_state
+from tui.fmt import FINISHED_FIRST
 
 MODELS = ("u2netp", "u2net", "isnet-general-use", "birefnet-general-lite")
 NAMES = ("IMG_", "DSC_", "product-", "portrait-", "PXL_2024")
@@ -33,23 +34,23 @@ def _hex(rng: random.Random, n: int = 12) -> str:
 def make_job(rng: random.Random, created: float, state_mix: str, total: int) -> dict:
     """One job row with counts consistent with `state_mix` (queued/running/done/failed/cancelled)."""
     counts = dict.fromkeys(TASK_STATES, 0)
-    if state_mix == "queued":
+    if state_mix == TaskState.QUEUED:
         counts["queued"] = total
-    elif state_mix == "running":
+    elif state_mix == TaskState.RUNNING:
         done = rng.randint(0, total - 1)
         running = min(total - done, rng.randint(1, 4))
         failed = min(total - done - running, rng.choice((0, 0, 1)))
         counts.update(done=done, running=running, failed=failed, queued=total - done - running - failed)
-    elif state_mix == "failed":
+    elif state_mix == TaskState.FAILED:
         failed = rng.randint(1, max(1, total // 4))
         counts.update(failed=failed, done=total - failed)
-    elif state_mix == "cancelled":
+    elif state_mix == TaskState.CANCELLED:
         done = rng.randint(0, total - 1)
         counts.update(done=done, cancelled=total - done)
     else:
         counts["done"] = total
     processor = rng.choice(("rembg", "rembg", "rembg", "noop"))
-    finished = None if state_mix in ("queued", "running") else created + rng.uniform(1, 30) * total ** 0.5
+    finished = None if state_mix in ACTIVE else created + rng.uniform(1, 30) * total ** 0.5
     return {
         "job_id": _hex(rng), "created": created, "processor": processor,
         "model": rng.choice(MODELS) if processor == "rembg" else None, "tenant": rng.choice(("default", "web")),
@@ -64,15 +65,15 @@ def make_tasks(job: dict, rng: random.Random, workers: list[str], first_id: int 
     if first_id is None:
         first_id = (int(job["job_id"][:8], 16) + 1) * 1000
     states: list[str] = []
-    for s in ("done", "failed", "cancelled", "running", "queued"):
+    for s in FINISHED_FIRST:
         states += [s] * int(job.get(s) or 0)
     tasks = []
     t0 = job["created"]
     for i, state in enumerate(states):
-        started = None if state in ("queued",) or (state == "cancelled" and i % 2) else t0 + 0.5 + i * 0.7
+        started = None if state == TaskState.QUEUED or (state == TaskState.CANCELLED and i % 2) else t0 + 0.5 + i * 0.7
         finished = started + rng.uniform(0.3, 2.5) if started and state in TERMINAL else None
         error = None
-        if state == "failed":
+        if state == TaskState.FAILED:
             error = rng.choice((
                 "cannot identify image file: not a PNG, JPEG or WebP (gave up after 1 attempts)",
                 "worker w-2 lost: no heartbeat for 3.1s (attempt 3 of 3, gave up)",
@@ -80,9 +81,9 @@ def make_tasks(job: dict, rng: random.Random, workers: list[str], first_id: int 
             ))
         tasks.append({
             "task_id": first_id + i, "job_id": job["job_id"], "name": f"{rng.choice(NAMES)}{4000 + i}.jpg",
-            "state": state, "attempts": (0 if state == "queued" else 1) + (state == "failed"),
+            "state": state, "attempts": (0 if state == TaskState.QUEUED else 1) + (state == TaskState.FAILED),
             "worker": rng.choice(workers) if started else None, "error": error, "created": t0,
-            "started": started, "finished": finished, "result_ext": "png" if state == "done" else None,
+            "started": started, "finished": finished, "result_ext": "png" if state == TaskState.DONE else None,
             "input_size": rng.randint(180_000, 6_000_000),
         })
     return tasks
@@ -106,9 +107,11 @@ def sample_dataset(now: float, jobs: int = 40, seed: int = 7) -> Dataset:
     ]
     rows: list[dict] = []
     t = now - 20
-    head = ["running", "running", "queued", "failed", "done", "cancelled"]
+    head = [TaskState.RUNNING, TaskState.RUNNING, TaskState.QUEUED, TaskState.FAILED, TaskState.DONE,
+            TaskState.CANCELLED]
+    older = (TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED)  # the history below the head
     for i in range(jobs):
-        mix = head[i] if i < len(head) else rng.choices(("done", "failed", "cancelled"), (90, 7, 3))[0]
+        mix = head[i] if i < len(head) else rng.choices(older, (90, 7, 3))[0]
         total = 240 if i == 0 else rng.choice((1, 1, 4, 12, 40, 120))
         rows.append(make_job(rng, t, mix, total))
         t -= rng.uniform(5, 400)
@@ -127,7 +130,7 @@ def sample_dataset(now: float, jobs: int = 40, seed: int = 7) -> Dataset:
         data.tasks[job["job_id"]] = make_tasks(job, random.Random(job["job_id"]), names, first)
         first += job["total"]
     # the workers hold exactly the running tasks (the overview, the workers and the jobs agree)
-    running = [t for tasks in data.tasks.values() for t in tasks if t["state"] == "running"]
+    running = [t for tasks in data.tasks.values() for t in tasks if t["state"] == TaskState.RUNNING]
     for w in workers[:2]:
         w["tasks"] = []
     for i, t in enumerate(running):

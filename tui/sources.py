@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from shared import protocol as p
 from shared.client import BrokerUnavailable, Client, CutqError
+from shared.states import TaskState
 
 
 class Source(Protocol):
@@ -41,7 +42,8 @@ class BrokerSource(Client):
 
     def running_tasks(self, job_id: str, limit: int = 1000) -> list[dict[str, Any]]:
         """The job's running tasks (with their file names and workers)."""
-        data = self._request(p.Status(req=0, job_id=job_id, task_state="running", task_limit=limit)).data
+        data = self._request(p.Status(req=0, job_id=job_id, task_state=TaskState.RUNNING,
+                                            task_limit=limit)).data
         return list(data.get("tasks") or [])
 
     def worker_tasks(self, worker_id: str, job_ids: list[str]) -> list[dict[str, Any]]:
@@ -60,7 +62,7 @@ class BrokerSource(Client):
 
 def retry_failed(source: Any, job_id: str, chunk: int = 5000) -> dict[str, Any]:
     """See BrokerSource.retry_failed; shared with the in-memory source."""
-    ids = source.task_ids(job_id, "failed")
+    ids = source.task_ids(job_id, TaskState.FAILED)
     requeued = 0
     for i in range(0, len(ids), chunk):
         requeued += int(source.retry(job_id, ids[i:i + chunk]).get("requeued") or 0)
@@ -71,7 +73,7 @@ def worker_tasks(source: Any, worker_id: str, job_ids: list[str]) -> list[dict[s
     """See BrokerSource.worker_tasks; shared with the in-memory source."""
     jobs = list(dict.fromkeys(job_ids))
     if not jobs:
-        page = source.list_jobs("running", limit=200)
+        page = source.list_jobs(TaskState.RUNNING, limit=200)
         jobs = [j["job_id"] for j in page.get("jobs") or [] if j.get("running")]
     out: list[dict[str, Any]] = []
     for job_id in jobs:

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from shared.client import CutqError
-from shared.states import TERMINAL
+from shared.states import ACTIVE, TERMINAL, TaskState
 from tui.model import JOB_FILTERS, TaskBook, merge_job, page_range
 from tui.screens.overview import filter_bindings
 from tui.screens.preview import PreviewScreen
@@ -159,7 +159,7 @@ class JobDetailScreen(Screen):
                 table.progress[e["task_id"]] = e
         changed = self.book.apply(mine)
         for tid in changed:
-            if self.book.tasks[tid].get("state") != "running":
+            if self.book.tasks[tid].get("state") != TaskState.RUNNING:
                 table.progress.pop(tid, None)
         changed |= {e["task_id"] for e in mine if e.get("kind") == "progress" and e["task_id"] in self.book.tasks}
         if changed:
@@ -168,7 +168,7 @@ class JobDetailScreen(Screen):
             selected = table.selected_task
             if selected is not None and selected["task_id"] in changed:
                 self.query_one(TaskPreview).set_info(selected)
-                if selected.get("state") == "done":
+                if selected.get("state") == TaskState.DONE:
                     self._schedule_preview()
 
     def tick(self) -> None:
@@ -247,7 +247,7 @@ class JobDetailScreen(Screen):
         except Exception as e:  # PIL cannot read it: that is what the preview shows
             before_note = f"cannot decode input: {e.__class__.__name__}"
         state = task.get("state")
-        if state == "done":
+        if state == TaskState.DONE:
             try:
                 _, data = self.app.feed.call("fetch_result", task["task_id"], what="result")
                 after = decode(data)
@@ -256,8 +256,9 @@ class JobDetailScreen(Screen):
             except Exception as e:
                 after_note = f"cannot decode result: {e.__class__.__name__}"
         else:
-            after_note = {"queued": "waiting for a worker", "running": "cutting out…",
-                          "failed": "failed: no result", "cancelled": "cancelled"}.get(state or "", "")
+            notes: dict[str, str] = {TaskState.QUEUED: "waiting for a worker", TaskState.RUNNING: "cutting out…",
+                                     TaskState.FAILED: "failed: no result", TaskState.CANCELLED: "cancelled"}
+            after_note = notes.get(state or "", "")
         if worker.is_cancelled:
             return
         result = (before, after, before_note, after_note)
@@ -312,10 +313,10 @@ class JobDetailScreen(Screen):
         self.app.pop_screen()
 
     def action_cancel(self) -> None:
-        self.app.cancel_job(self.job, self._targets(frozenset({"queued", "running"})))
+        self.app.cancel_job(self.job, self._targets(ACTIVE))
 
     def action_retry(self) -> None:
-        targets = self._targets(frozenset({"failed", "cancelled"}))
+        targets = self._targets(frozenset({TaskState.FAILED, TaskState.CANCELLED}))
         self.app.retry_job(self.job, targets, failed_only=targets is None)
 
     def action_retry_all(self) -> None:
@@ -344,7 +345,7 @@ class JobDetailScreen(Screen):
 
     def action_mark_failed(self) -> None:
         table = self.query_one(TasksTable)
-        table.mark([tid for tid, t in table.tasks.items() if t.get("state") == "failed"])
+        table.mark([tid for tid, t in table.tasks.items() if t.get("state") == TaskState.FAILED])
         self._tasks_title()
 
     @on(PageRequest)

@@ -15,6 +15,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Static
 
+from shared.states import TaskState
 from tui import fmt
 from tui.widgets.keybar import KeyBar
 from tui.widgets.preview import ImageSlot
@@ -78,7 +79,7 @@ class PreviewScreen(Screen):
         title = Text.assemble((" cutq ", "bold reverse"), " ", (f"job {self.detail.job_id}", "bold"), "  ",
                               (str(task.get("name") or task.get("task_id")), "bold #7dcfff"))
         self.query_one("#large-title", Static).update(title)
-        info = Text.assemble(fmt.state_text(task.get("state") or "queued"))
+        info = Text.assemble(fmt.state_text(task.get("state") or TaskState.QUEUED))
         if task.get("input_size"):
             info.append(f"  {fmt.size(task['input_size'])}", style="dim")
         if task.get("error"):

@@ -12,9 +12,11 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
+from shared.states import TaskState
 from tui import fmt
 
-PURGE_STATES = (("every finished job", None), ("done", "done"), ("failed", "failed"), ("cancelled", "cancelled"))
+PURGE_STATES = (("every finished job", None), ("done", TaskState.DONE), ("failed", TaskState.FAILED),
+                ("cancelled", TaskState.CANCELLED))  # (label, state)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 

@@ -22,6 +22,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static
 
 from shared.client import CutqError
+from shared.states import TaskState
 from tui import fmt
 from tui.widgets.keybar import KeyBar
 from tui.widgets.sparkline import Sparkline
@@ -49,9 +50,9 @@ def info_lines(w: dict, now: float, unknown: bool) -> Table:
     busy, slots = int(w.get("busy") or 0), int(w.get("slots") or 0)
     line2 = Text.assemble(("slots ", "dim"), (f"{busy}/{slots} busy", "bold"),
                           ("  threads ", "dim"), str(w.get("threads") or "–"),
-                          ("  done ", "dim"), (fmt.count(w.get("done") or 0), fmt.STATE_STYLE["done"]),
+                          ("  done ", "dim"), (fmt.count(w.get("done") or 0), fmt.STATE_STYLE[TaskState.DONE]),
                           ("  failed ", "dim"), (fmt.count(w.get("failed") or 0),
-                                                 fmt.STATE_STYLE["failed"] if w.get("failed") else "dim"),
+                                                 fmt.STATE_STYLE[TaskState.FAILED] if w.get("failed") else "dim"),
                           ("  now ", "dim"), (f"{fmt.rate(w.get('tasks_per_s') or 0.0)} tasks/s", "bold #7dcfff"))
     providers = ", ".join(p.replace("ExecutionProvider", "") for p in w.get("providers") or [])
     line3 = Text.assemble(("models ", "dim"), ", ".join(w.get("models") or []) or "none loaded",
@@ -184,7 +185,7 @@ class WorkerDetailScreen(Screen):
             t = self.running.get(tid, {})
             job = t.get("job_id") or self.app.worker_book.task_job.get(tid) or ""
             started = t.get("started")
-            rows.append((str(tid), Text(str(tid)), fmt.state_text("running"), Text(fmt.short_id(job) or "…"),
+            rows.append((str(tid), Text(str(tid)), fmt.state_text(TaskState.RUNNING), Text(fmt.short_id(job) or "…"),
                          Text(str(t.get("name") or self.names.get(tid) or "…"), overflow="ellipsis", no_wrap=True),
                          Text(fmt.duration(now - started) if started else "–", justify="right"), job))
         for ev in recent:

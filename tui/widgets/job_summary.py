@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from shared.options import REMBG_DEFAULTS
+from shared.states import TaskState
 from tui import fmt
 from tui.widgets.jobs_table import model_label
 
@@ -39,11 +40,11 @@ def summary(job: dict, now: float, wide: bool) -> Table:
     grid = Table.grid(padding=(0, 2), expand=True)
     grid.add_column(no_wrap=True, overflow="ellipsis", ratio=1)
     counts = Text()
-    for state in ("done", "failed", "cancelled", "running", "queued"):
+    for state in fmt.FINISHED_FIRST:
         n = int(job.get(state) or 0)
         label = f" {state}" if wide else ""
         counts.append(f"{fmt.STATE_ICON[state]} {n}{label}  ", style=fmt.STATE_STYLE[state] if n else "dim")
-    line1 = Text.assemble(fmt.state_text(job.get("state") or "queued"), "  ",
+    line1 = Text.assemble(fmt.state_text(job.get("state") or TaskState.QUEUED), "  ",
                           fmt.progress_bar(job, 40 if wide else 14, marks=False),
                           (f"  {fmt.percent(job)}% done  ", "bold"), counts)
     line2 = Text.assemble((options_text(job), "#7dcfff"), ("  submitted ", "dim"),

@@ -20,6 +20,7 @@ from textual.message import Message
 from textual.widgets import DataTable
 from textual.widgets.data_table import ColumnKey
 
+from shared.states import ACTIVE, TaskState
 from tui import fmt
 
 # the column that carries the header marker for each of the broker's sort keys
@@ -146,7 +147,7 @@ class JobsTable(DataTable):
             row.append(Text(model_label(job), overflow="ellipsis", no_wrap=True))
         row += [
             fmt.progress_bar(job, self.bar_width),
-            fmt.state_text(job.get("state") or "queued"),
+            fmt.state_text(job.get("state") or TaskState.QUEUED),
             Text(fmt.duration(fmt.job_duration(job, now)), justify="right"),
         ]
         if self.size_class != "slim":
@@ -245,7 +246,7 @@ class JobsTable(DataTable):
         """Advance the running jobs' durations (called once a second)."""
         now = self.clock()
         for jid, job in self.jobs.items():
-            if job.get("state") in ("queued", "running"):
+            if job.get("state") in ACTIVE:
                 self._update_row(jid, now)
 
     def _update_row(self, jid: str, now: float) -> int:

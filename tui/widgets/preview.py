@@ -20,6 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
+from shared.states import TaskState
 from tui import fmt
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class TaskPreview(Vertical):
         self.set_info(task)
 
     def set_info(self, task: dict) -> None:
-        info = Text.assemble(fmt.state_text(task.get("state") or "queued"), "  ",
+        info = Text.assemble(fmt.state_text(task.get("state") or TaskState.QUEUED), "  ",
                              (str(task.get("name") or ""), "bold"))
         if task.get("input_size"):
             info.append(f"  {fmt.size(task['input_size'])}", style="dim")

@@ -9,10 +9,11 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widgets import Static
 
+from shared.states import TASK_STATES
 from tui import fmt
 from tui.widgets.sparkline import Sparkline
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = TASK_STATES
 
 
 def counts_line(stats: dict, narrow: bool, slim: bool = False) -> Text:

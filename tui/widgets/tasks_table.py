@@ -8,6 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.widgets import DataTable
 
+from shared.states import TaskState
 from tui import fmt
 from tui.widgets.jobs_table import PageRequest
 
@@ -19,9 +20,9 @@ COLUMNS = (
 
 def task_cells(task: dict, marked: bool, now: float, progress: dict | None = None,
                names: Callable[[Any], str] = lambda ref: str(ref or "–")) -> tuple:
-    state = task.get("state") or "queued"
+    state = task.get("state") or TaskState.QUEUED
     label = fmt.state_text(state)
-    if state == "running" and progress and progress.get("stage"):
+    if state == TaskState.RUNNING and progress and progress.get("stage"):
         frac = progress.get("fraction") or 0.0
         label.append(f" {progress['stage']}" + (f" {frac:.0%}" if frac else ""), style="dim")
     error = str(task.get("error") or "").replace("\n", " ")
@@ -118,7 +119,7 @@ class TasksTable(DataTable):
                     self.update_cell(str(tid), key, new[i])
 
     def tick(self) -> None:
-        self.update_tasks([tid for tid in self.shown if self.tasks[tid].get("state") == "running"])
+        self.update_tasks([tid for tid in self.shown if self.tasks[tid].get("state") == TaskState.RUNNING])
 
     def toggle_mark(self) -> None:
         task = self.selected_task
