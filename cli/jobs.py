@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from cli.parsing import (
     positive_float,
     positive_int,
 )
-from shared.client import JOB_SORTS, MAX_MESSAGE_BYTES, Client
+from shared.client import JOB_SORTS, MAX_MESSAGE_BYTES, Client, CutqWarning
 from shared.config import DEFAULT_MODEL
 from shared.options import KNOWN_MODELS, PROCESSORS
 from shared.results import make_folder
@@ -77,29 +78,49 @@ def _failure_records(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for t in tasks]
 
 
+def _submit(args: argparse.Namespace, client: Client, files: list[Path]) -> tuple[str, str | None]:
+    """The job id, and the broker's warning about the job if it gave one (the library's CutqWarning,
+    caught here to be said as one line, never as a Python warning with its source line)."""
+    line = UploadLine(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", CutqWarning)
+            job_id = client.submit_paths(files, processor=args.processor, options=_options(args),
+                                         priority=args.priority, tenant=args.tenant, no_cache=args.no_cache,
+                                         progress=line, webhook=args.webhook)
+    finally:
+        if line is not None:
+            line.end()
+    said = [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, CutqWarning)]
+    for w in caught:  # any other warning goes on as it came
+        if not issubclass(w.category, CutqWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return job_id, "; ".join(said) or None
+
+
 def cmd_submit(args: argparse.Namespace, client: Client) -> int:
-    """Names and sizes are checked before anything is sent; files are read part by part as they go."""
+    """Names and sizes are checked before anything is sent; files are read part by part as they go.
+    A warning from the broker (e.g. no live worker serves the model) is one `warning: ...` line on
+    stderr, and `warning` in the JSON."""
     files = collect_images(args.files)
     if args.out:
         make_folder(Path(args.out))  # a folder that cannot be made is said now, not after the job ran
     client.max_message_bytes = int(args.max_message_mb * 1024 * 1024)
-    line = UploadLine(sys.stderr) if sys.stderr.isatty() else None
-    try:
-        job_id = client.submit_paths(files, processor=args.processor, options=_options(args),
-                                     priority=args.priority, tenant=args.tenant, no_cache=args.no_cache,
-                                     progress=line, webhook=args.webhook)
-    finally:
-        if line is not None:
-            line.end()
+    job_id, warning = _submit(args, client, files)
+    noted = {"warning": warning} if warning else {}
     if not args.wait:
         if args.json:
-            print_json({"job_id": job_id, "tasks": len(files)})
+            print_json({"job_id": job_id, "tasks": len(files), **noted})
         else:
             print(f"submitted job {job_id} with {len(files)} image(s)")
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     if sys.stderr.isatty():
         print(f"submitted job {job_id} with {len(files)} image(s); waiting for it "
               "(Ctrl-C stops waiting, not the job)", file=sys.stderr)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     try:
         status = client.wait(job_id)
     except KeyboardInterrupt:
@@ -111,7 +132,7 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
     failures = [t for t in status["tasks"] if t["state"] != "done"]
     if args.json:
         print_json({"job_id": job_id, **{k: status[k] for k in ("state", *TASK_STATES)},
-                    "written": [str(w) for w in written], "failures": _failure_records(failures)})
+                    "written": [str(w) for w in written], "failures": _failure_records(failures), **noted})
     else:
         print(f"job {job_id} {status['state']}: {counts(status)}")
         for w in written:

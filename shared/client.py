@@ -5,8 +5,8 @@ replies by `req` id, pushed events buffered in between.  Use one Client per thre
 A job bigger than one part (8 MiB) is streamed: `UploadStart`, parts of about the
 broker's part size with a few in flight, then one `Submit` naming the upload, so
 neither side ever holds the whole job in memory (shared/uploads.py); `fetch` writes results
-into a folder through shared/results.py; the errors are in shared/errors.py, importable from
-here too.  Never imports textual.
+into a folder through shared/results.py; the errors (and `CutqWarning`) are in shared/errors.py,
+importable from here too.  Never imports textual.
 
 Until the broker has answered once, a request waits at most `connect_timeout` (3 s)
 for the connection itself, so a broker that is not there is reported within seconds
@@ -27,7 +27,7 @@ import zmq
 
 from shared import protocol as p
 from shared.config import default_endpoint, endpoint_problem
-from shared.errors import BrokerUnavailable, CutqError
+from shared.errors import BrokerUnavailable, CutqError, CutqWarning, warn_of
 from shared.results import fetch_job, result_filename
 from shared.security import Credentials
 from shared.states import TERMINAL
@@ -36,7 +36,7 @@ from shared.uploads import IMAGE_SUFFIXES, JobSpec, Progress, collect_images, re
 # the public API, with the names the dashboard (tui/) imports from here though they live elsewhere
 __all__ = [
     "CONNECT_TIMEOUT", "IMAGE_SUFFIXES", "JOB_SORTS", "MAX_MESSAGE_BYTES", "BrokerUnavailable", "Client",
-    "CutqError", "Progress", "collect_images", "result_filename",
+    "CutqError", "CutqWarning", "Progress", "collect_images", "result_filename",
 ]
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # the broker's default --max-message-mb
@@ -197,10 +197,14 @@ class Client:
         timeout, but at least 60 s); each part waits up to the client's timeout.
         `progress(bytes_acknowledged, total_bytes or None)` is called as parts are
         acknowledged; `total_bytes` defaults to the sum of a sequence's sizes.  `webhook`: a URL
-        the broker POSTs a signed summary to when the job ends."""
+        the broker POSTs a signed summary to when the job ends.  A warning in the broker's answer
+        (e.g. no live worker serves the job's model, so it waits) comes as a `CutqWarning`
+        through `warnings.warn`, after the job is stored."""
         job = JobSpec(processor, dict(options or {}), priority, tenant, no_cache,
                       max(self.timeout, 60.0) if timeout is None else timeout, webhook)
-        return submit_job(self, files, job, progress, total_bytes)
+        data = submit_job(self, files, job, progress, total_bytes)
+        warn_of(data)
+        return str(data["job_id"])
 
     def submit_paths(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> str:
         """Submit image files and directories as one job (see `submit` for options).

@@ -11,7 +11,8 @@ matches acknowledgements to them by request id:
 
 A submission is acknowledged, as with `Client.submit`, only once its images are durable and its
 rows committed; `Submission.result()` gives the job id (or raises the broker's refusal as
-`CutqError`), `Submission.data` the whole reply (e.g. `warning`).  Single-threaded like `Client`:
+`CutqError`), `Submission.data` the whole reply (e.g. `warning`, which also comes as a
+`CutqWarning` through `warnings.warn` when its acknowledgement is read).  Single-threaded like `Client`:
 one submitter per thread; replies are read while you submit, in `flush()` and in `result()`.
 Credentials as `Client`: explicit, else $CUTQ_KEY/$CUTQ_SERVER_KEY, else none.  A job of
 PART_BYTES or more goes through a `Client` (streamed in parts), in order, after the window drains.
@@ -33,6 +34,7 @@ import zmq
 from shared import protocol as p
 from shared.client import MAX_MESSAGE_BYTES, BrokerUnavailable, Client, CutqError
 from shared.config import default_endpoint
+from shared.errors import warn_of
 from shared.names import validate_input_name
 from shared.security import Credentials
 from shared.uploads import PART_BYTES
@@ -248,6 +250,7 @@ class PipelinedSubmitter:
                 continue
             if reply.ok:
                 sub.data = reply.data
+                warn_of(reply.data)  # e.g. no live worker serves the model: a CutqWarning, once per submission
             else:
                 sub.error = CutqError(reply.error, code=reply.code or "error")
 

@@ -116,8 +116,9 @@ def read_lazily(files: list[Path]) -> Iterator[tuple[str, bytes]]:
 
 
 def submit_job(wire: Wire, files: Iterable[tuple[str, bytes]], job: JobSpec, progress: Progress | None,
-               total_bytes: int | None) -> str:
-    """Send `files` as one job (see `Client.submit`): one Submit under PART_BYTES, else streamed."""
+               total_bytes: int | None) -> dict[str, Any]:
+    """Send `files` as one job (see `Client.submit`): one Submit under PART_BYTES, else streamed.
+    Returns the acknowledgement's data: job_id, tasks, cached, and a `warning` if the broker gave one."""
     if isinstance(files, Sequence):
         if not files:
             raise CutqError("a job needs at least one image", code="bad_request")
@@ -141,14 +142,14 @@ def submit_job(wire: Wire, files: Iterable[tuple[str, bytes]], job: JobSpec, pro
     msg = p.Submit(req=0, names=[n for n, _ in head], processor=job.processor, options=job.options,
                    priority=job.priority, tenant=job.tenant, no_cache=job.no_cache, webhook=job.webhook)
     msg.blobs = [data for _, data in head]
-    job_id: str = wire._request(msg, timeout=job.timeout).data["job_id"]
+    data = wire._request(msg, timeout=job.timeout).data
     if progress is not None:
         progress(size, total_bytes)
-    return job_id
+    return data
 
 
 def _upload(wire: Wire, job: JobSpec, head: list[tuple[str, bytes]], rest: Iterator[tuple[str, bytes]],
-            total: int | None, progress: Progress | None) -> str:
+            total: int | None, progress: Progress | None) -> dict[str, Any]:
     """Stream a big job: UploadStart, the parts with a window of acknowledgements, Submit."""
     start = wire._request(p.UploadStart(req=0)).data
     upload_id, part_bytes = str(start["upload_id"]), int(start.get("part_bytes") or PART_BYTES)
@@ -182,7 +183,7 @@ def _upload(wire: Wire, job: JobSpec, head: list[tuple[str, bytes]], rest: Itera
         wait_one()
     done = p.Submit(req=0, names=[], processor=job.processor, options=job.options, priority=job.priority,
                     tenant=job.tenant, upload_id=upload_id, no_cache=job.no_cache, webhook=job.webhook)
-    return str(wire._request(done, timeout=job.timeout).data["job_id"])
+    return wire._request(done, timeout=job.timeout).data
 
 
 def _parts(items: Iterable[tuple[str, bytes]], part_bytes: int) -> Iterator[list[tuple[str, bytes]]]:

@@ -240,6 +240,7 @@ def test_every_job_command_takes_a_prefix_and_says_an_ambiguous_or_unknown_one(c
 def test_fetch_names_the_failed_tasks_and_exits_non_zero(cluster: Cluster, tmp_path: Path):
     cluster.start_broker()
     cluster.start_worker(1, "--preload", "")
+    cluster.wait_workers(1)  # announced first, so the submission is not warned that nobody serves its model
     c = cluster.client()
     # not an image: the rembg task fails on decoding (an input error), before any model is loaded
     job = c.submit([("broken.jpg", b"this is not a jpeg at all")])

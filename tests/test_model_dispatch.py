@@ -17,6 +17,7 @@ import pytest
 
 from broker.scheduler import Scheduler, TenantPolicy
 from shared import protocol as p
+from shared.client import CutqWarning
 from shared.pipeline import PipelinedSubmitter
 from tests.cluster import Cluster, wait_for
 from tests.inprocess import FakeWorker, InprocBroker, submit_msg
@@ -236,9 +237,10 @@ def test_real_a_task_nobody_serves_waits_says_so_then_runs_when_a_worker_with_it
     cluster.start_worker(2, "--preload", "", name="A", env=_without_models(cluster, tmp_path))
     cluster.wait_workers(1)
     client = cluster.client()
-    with PipelinedSubmitter(cluster.endpoint, window=4) as s:
-        fut = s.submit([("photo.png", _png())], options={"model": "u2netp"})
-        job = fut.result(30)
+    with pytest.warns(CutqWarning, match="no live worker serves model u2netp"):
+        with PipelinedSubmitter(cluster.endpoint, window=4) as s:
+            fut = s.submit([("photo.png", _png())], options={"model": "u2netp"})
+            job = fut.result(30)
     assert "no live worker serves model u2netp" in fut.data["warning"]
     wait_for(lambda: client.stats()["waiting_models"] == {"u2netp": 1}, 10, what="stats to say it waits")
     status = client.status(job)
@@ -258,7 +260,8 @@ def test_real_weights_copied_into_a_workers_model_dir_are_served_without_a_resta
     cluster.start_worker(1, "--preload", "", name="A", env=env)
     cluster.wait_workers(1)
     client = cluster.client()
-    job = client.submit([("photo.png", _png())], options={"model": "u2netp"})
+    with pytest.warns(CutqWarning, match="no live worker serves model u2netp"):
+        job = client.submit([("photo.png", _png())], options={"model": "u2netp"})
     assert client.status(job)["waiting"] == "waiting for a worker with model u2netp"
     weights = Path(os.environ.get("U2NET_HOME") or Path.home() / ".u2net") / "u2netp.onnx"
     partial = Path(env["U2NET_HOME"]) / "u2netp.onnx.part"
