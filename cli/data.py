@@ -10,8 +10,9 @@ from cli.daemons import duration
 from cli.output import print_json, size
 from cli.parsing import Subparsers, add_command, client_options, data_dir, job_argument
 from shared.client import Client
+from shared.states import TASK_STATES, TERMINAL
 
-FINAL_STATES = ("done", "failed", "cancelled")
+FINAL_STATES = tuple(s for s in TASK_STATES if s in TERMINAL)  # done, failed, cancelled: what purge takes
 
 
 def cmd_delete(args: argparse.Namespace, client: Client) -> int:

@@ -30,7 +30,7 @@ from shared.client import JOB_SORTS, MAX_MESSAGE_BYTES, Client, CutqWarning
 from shared.config import DEFAULT_MODEL
 from shared.options import KNOWN_MODELS, PROCESSORS
 from shared.results import make_folder
-from shared.states import TASK_STATES, TERMINAL
+from shared.states import TASK_STATES, TERMINAL, TaskState
 from shared.uploads import collect_images
 
 FAILURES_SHOWN = 20  # failed tasks named one per line; the rest are counted
@@ -129,7 +129,7 @@ def cmd_submit(args: argparse.Namespace, client: Client) -> int:
         return 130
     problems: list[str] = []
     written = client.fetch(job_id, args.out, problems=problems) if args.out else []
-    failures = [t for t in status["tasks"] if t["state"] != "done"]
+    failures = [t for t in status["tasks"] if t["state"] != TaskState.DONE]
     if args.json:
         print_json({"job_id": job_id, **{k: status[k] for k in ("state", *TASK_STATES)},
                     "written": [str(w) for w in written], "failures": _failure_records(failures), **noted})
@@ -244,7 +244,7 @@ def cmd_watch(args: argparse.Namespace, client: Client) -> int:
                 status, last_status = client.status(job_id, tasks=False), time.monotonic()
     finally:
         view.end()
-    return 0 if status["state"] == "done" else 1
+    return 0 if status["state"] == TaskState.DONE else 1
 
 
 def cmd_list(args: argparse.Namespace, client: Client) -> int:
@@ -304,7 +304,7 @@ def cmd_fetch(args: argparse.Namespace, client: Client) -> int:
         by_state = {s: sum(1 for t in not_done if t["state"] == s) for s in TASK_STATES}
         missing = ", ".join(f"{n} {s}" for s, n in by_state.items() if n)
         print(summary + (f"; not done: {missing}" if missing else ""))
-        _print_failures([t for t in not_done if t["state"] in ("failed", "cancelled")], indent="cutq: ")
+        _print_failures([t for t in not_done if t["state"] in (TaskState.FAILED, TaskState.CANCELLED)], indent="cutq: ")
     _print_fetch_problems(problems)
     return 1 if problems or not_done else 0
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from shared.errors import BrokerUnavailable, CutqError
 from shared.names import name_key, quote_name, safe_result_name
+from shared.states import TaskState
 
 
 class ResultSource(Protocol):
@@ -27,7 +28,7 @@ def fetch_job(source: ResultSource, job_id: str, out: Path, problems: list[str] 
     skipped: list[str] = []
     taken: set[str] = set()
     for task in source.status(job_id)["tasks"]:
-        if task["state"] != "done":
+        if task["state"] != TaskState.DONE:
             if not_done is not None:
                 not_done.append(task)
             continue
