@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from broker import access, views
 from broker.blobio import describe
 from broker.core import Core, Upload, needed_model, serves
+from broker.intake import Handler
 from broker.keys import Principal
 from broker.rates import eta
 from broker.registry import Subscription
@@ -28,7 +28,6 @@ from shared.names import validate_input_name
 from shared.options import PROCESSORS, validate_options
 from shared.states import TASK_STATES, TaskState
 
-Handler = Callable[[bytes, Any, Principal], None]
 JOB_ID_LENGTH = 12  # the store's job ids: 12 hex digits; anything shorter may be a prefix
 _POLICY_FIELDS: dict[str, type] = {"weight": float, "max_running": int, "rate": float, "max_queued": int}
 

@@ -167,6 +167,9 @@ class Core:
         """Refs that keep `blobs` in the database, when every one is small and all of them together
         are too (hashed here, on the loop); None: they go to files, written on threads."""
         limit = self.config.inline_blob_bytes
+        if len(blobs) == 1:  # a worker's result: the common case, kept cheap
+            size = len(blobs[0])
+            return [BlobRef(digest_of(blobs[0]), size, bytes(blobs[0]))] if 0 < limit and size <= limit else None
         if not limit or any(len(b) > limit for b in blobs) or sum(map(len, blobs)) > INLINE_TOTAL_BYTES:
             return None
         return [BlobRef(digest_of(b), len(b), bytes(b)) for b in blobs]
@@ -319,9 +322,11 @@ class Core:
         tenant_of = dict(picked)
         worker_id = w.ident.decode(errors="replace")
         sending: list[tuple[Claimed, Any]] = []
-        for c in self.store.claim([tid for tid, _ in picked], worker_id):
+        claimed = self.store.claim([tid for tid, _ in picked], worker_id)
+        inline = self.store.inline_blobs({c.input_digest for c in claimed})
+        for c in claimed:
             try:
-                data = self.blob(c.input_digest)
+                data = inline[c.input_digest] if c.input_digest in inline else self.blobs.get(c.input_digest)
             except (OSError, ValueError) as e:
                 self.store.fail(c.task_id, c.attempt, worker_id, f"input image is missing: {e}", retry_at=None)
                 continue

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from broker.blobio import describe
 from broker.core import Core
+from broker.intake import Handler
 from broker.keys import Principal
 from broker.registry import WorkerRecord
-from broker.store import BlobRef
+from broker.store import BlobRef, Finished
 from shared import protocol as p
 from shared.config import RESULT_EXTENSIONS
 
 log = logging.getLogger("cutq.broker")
-Handler = Callable[[bytes, Any, Principal], None]
+Done = tuple[p.TaskResult, BlobRef, str]  # a success to record: the result, its stored bytes, their format
 
 
 class WorkerHandlers:
@@ -111,6 +110,7 @@ class WorkerHandlers:
         if w is None:
             return  # results of a worker we declared dead are discarded; its tasks were re-queued
         blobs = iter(msg.blobs)
+        small: list[Done] = []  # successes kept in the database: recorded together, below
         for r in msg.results:  # entries were type-checked on decode (p.TaskResult)
             data = next(blobs, None) if r["ok"] else None
             if r["ok"] and data is None:
@@ -122,17 +122,24 @@ class WorkerHandlers:
             # its result is recorded (the rows say running until then)
             w.running.pop(r["task_id"])
             w.finished_at.append(core.clock())
-            self._apply(w, r, data)
+            self._apply(w, r, data, small)
+        if small:
+            self._complete(w, small)
 
-    def _apply(self, w: WorkerRecord, r: p.TaskResult, data: bytes | None) -> None:
-        """Record one result: a failure now; a success once its bytes are durable (off the loop)."""
+    def _apply(self, w: WorkerRecord, r: p.TaskResult, data: bytes | None, small: list[Done]) -> None:
+        """Record one result: a failure now; a small success into `small`; a big one once its
+        bytes are durable (written off the loop)."""
         ext = r.get("ext") or "png"
         error, kind = r.get("error") or "unknown error", r.get("error_kind") or "transient"
         if r["ok"] and ext not in RESULT_EXTENSIONS:
             # a worker names the stored file's format: accept only formats cutq makes
             error, kind = f"worker {w.name} returned a result in an unknown format {ext[:40]!r}", "transient"
         elif r["ok"] and data is not None:
-            self._store_result(w, r, data, ext)
+            inline = self.core.inline_refs([data])
+            if inline is not None:  # into this turn's transaction, no thread, no file
+                small.append((r, inline[0], ext))
+            else:
+                self._store_result(w, r, data, ext)
             return
         self._fail(w, r, error, kind)
 
@@ -144,10 +151,6 @@ class WorkerHandlers:
         core.record_failure(r["task_id"], r["attempt"], w.ident.decode(errors="replace"), error, kind)
 
     def _store_result(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str) -> None:
-        inline = self.core.inline_refs([data])
-        if inline is not None:  # a small result: into this turn's transaction, no thread, no file
-            self._complete(w, r, inline[0], ext)
-            return
         self.core.blobio.write([data], functools.partial(self._stored, w, r, data, ext))
 
     def _stored(self, w: WorkerRecord, r: p.TaskResult, data: bytes, ext: str, result: list[str] | OSError) -> None:
@@ -155,16 +158,19 @@ class WorkerHandlers:
             self.core.storage_trouble(f"could not store a result: {describe(result)}")
             self.core.deferred.append(functools.partial(self._store_result, w, r, data, ext))
             return
-        self._complete(w, r, BlobRef(result[0], len(data)), ext)
+        self._complete(w, [(r, BlobRef(result[0], len(data)), ext)])
 
-    def _complete(self, w: WorkerRecord, r: p.TaskResult, ref: BlobRef, ext: str) -> None:
+    def _complete(self, w: WorkerRecord, results: list[Done]) -> None:
         core = self.core
-        core.redoable.append(functools.partial(self._complete, w, r, ref, ext))  # again if the turn fails
-        if w.running.get(r["task_id"]) == r["attempt"]:
-            w.running.pop(r["task_id"])  # memory was rebuilt from the rows after a failed turn
-        tenant = core.running_tenant.pop(r["task_id"], None)
-        if core.store.complete(r["task_id"], r["attempt"], w.ident.decode(errors="replace"), ref, ext,
-                               r.get("model_file")):
+        core.redoable.append(functools.partial(self._complete, w, results))  # again if the turn fails
+        recorded = core.store.complete_many(w.ident.decode(errors="replace"), [
+            Finished(r["task_id"], r["attempt"], ref, ext, r.get("model_file")) for r, ref, ext in results])
+        for r, _, _ in results:
+            if w.running.get(r["task_id"]) == r["attempt"]:
+                w.running.pop(r["task_id"])  # memory was rebuilt from the rows after a failed turn
+            tenant = core.running_tenant.pop(r["task_id"], None)
+            if r["task_id"] not in recorded:
+                continue
             w.done += 1
             if core.metrics is not None:
                 created, started, finished, model = core.store.task_timing(r["task_id"])

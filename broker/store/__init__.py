@@ -11,7 +11,7 @@ from __future__ import annotations
 from broker.store.base import BlobRef, Change, Claimed, QueuedTask, StoreError, referenced_checker
 from broker.store.cleanup import Cleanup
 from broker.store.reads import SORT_KEYS, Reads
-from broker.store.tasks import CACHED_PROCESSORS, MODEL_PROCESSORS, QueuedRun, TaskWrites, cache_key
+from broker.store.tasks import CACHED_PROCESSORS, MODEL_PROCESSORS, Finished, QueuedRun, TaskWrites, cache_key
 from broker.store.webhooks import Webhooks
 
 
@@ -20,6 +20,7 @@ class Store(TaskWrites, Reads, Cleanup, Webhooks):
 
 
 __all__ = [
-    "CACHED_PROCESSORS", "MODEL_PROCESSORS", "SORT_KEYS", "BlobRef", "Change", "Claimed", "QueuedRun", "QueuedTask",
+    "CACHED_PROCESSORS", "MODEL_PROCESSORS", "SORT_KEYS", "BlobRef", "Change", "Claimed", "Finished", "QueuedRun",
+    "QueuedTask",
     "Store", "StoreError", "cache_key", "referenced_checker",
 ]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -288,17 +288,33 @@ class StoreBase:
 
     def _ref(self, ref: BlobRef, now: float) -> None:
         """One more row refers to `ref` (created on first use)."""
-        refs = self._db.execute(
-            "INSERT INTO blobs (digest, size, refs, created) VALUES (?, ?, 1, ?) "
-            "ON CONFLICT (digest) DO UPDATE SET refs = refs + 1 RETURNING refs",
-            (ref.digest, ref.size, now)).fetchone()[0]
-        if refs == 1:  # a new row: one statement either way
-            if ref.data is not None:
-                self._db.execute("INSERT OR REPLACE INTO blob_data (digest, data) VALUES (?, ?)",
-                                 (ref.digest, ref.data))
-            self._blob_delta[0] += 1
-            self._blob_delta[1] += ref.size
-        self._blob_delta[2] += ref.size
+        self._ref_many([ref], now)
+
+    def _ref_many(self, refs: Sequence[BlobRef], now: float) -> None:
+        """One more row refers to each of `refs` (a digest may repeat); in three statements whatever
+        their number, as a job's inputs or a worker's batch of results come."""
+        count: Counter[str] = Counter()
+        first: dict[str, BlobRef] = {}
+        for ref in refs:
+            count[ref.digest] += 1
+            first.setdefault(ref.digest, ref)
+            self._blob_delta[2] += ref.size
+        names = list(first)
+        known: set[str] = set()
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            known.update(d for (d,) in self._db.execute(
+                f"SELECT digest FROM blobs WHERE digest IN ({', '.join('?' * len(chunk))})", chunk))
+        self._db.executemany(
+            "INSERT INTO blobs (digest, size, refs, created) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (digest) DO UPDATE SET refs = refs + excluded.refs",
+            [(d, ref.size, count[d], now) for d, ref in first.items()])
+        new = [ref for d, ref in first.items() if d not in known]
+        inline = [(ref.digest, ref.data) for ref in new if ref.data is not None]
+        if inline:  # (blob_data is younger than the migrations that come through here)
+            self._db.executemany("INSERT OR REPLACE INTO blob_data (digest, data) VALUES (?, ?)", inline)
+        self._blob_delta[0] += len(new)
+        self._blob_delta[1] += sum(ref.size for ref in new)
 
     def _unref(self, digest: str | None) -> None:
         """One row fewer refers to `digest`; at zero its row goes and the bytes are to be deleted."""
@@ -327,6 +343,16 @@ class StoreBase:
         """The bytes of a blob kept in the database (None: it is a file in the blob store)."""
         row = self._db.execute("SELECT data FROM blob_data WHERE digest = ?", (digest,)).fetchone()
         return bytes(row[0]) if row else None
+
+    def inline_blobs(self, digests: Collection[str]) -> dict[str, bytes]:
+        """The bytes of those of `digests` kept in the database (the others are files)."""
+        found: dict[str, bytes] = {}
+        names = list(digests)
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            found.update((d, bytes(data)) for d, data in self._db.execute(
+                f"SELECT digest, data FROM blob_data WHERE digest IN ({', '.join('?' * len(chunk))})", chunk))
+        return found
 
     def is_referenced(self, digest: str) -> bool:
         """Whether a row refers to `digest` (the orphan sweep asks)."""

@@ -29,6 +29,17 @@ from shared.states import allowed_sources, check_transition
 
 
 @dataclass(frozen=True)
+class Finished:
+    """A worker's successful result for one attempt, ready to record."""
+
+    task_id: int
+    attempt: int
+    result: BlobRef
+    ext: str
+    model_file: str | None = None
+
+
+@dataclass(frozen=True)
 class QueuedRun:
     """One job's queued tasks: all of an untouched job are the range first..first+count."""
 
@@ -111,14 +122,13 @@ class TaskWrites(StoreBase):
         if queued == 0 and webhook:  # every task answered from the cache: the job ends now
             self._enqueue_webhook(job_id, webhook, now)
         rows: list[tuple[Any, ...]] = []
+        self._ref_many([*inputs, *(BlobRef(hit[0], hit[2]) for hit in hits.values())], now)
         for i, (name, ref) in enumerate(zip(names, inputs, strict=True)):
-            self._ref(ref, now)
             hit = hits.get(i)
             if hit is None:
                 rows.append((first + i, job_id, i, name, "queued", now, None, ref.size, ref.digest, None, None,
                              None, 0))
             else:
-                self._ref(BlobRef(hit[0], hit[2]), now)
                 rows.append((first + i, job_id, i, name, "done", now, now, ref.size, ref.digest, hit[0], hit[2],
                              hit[1], 1))
         self._db.executemany(
@@ -136,21 +146,18 @@ class TaskWrites(StoreBase):
         """Move queued tasks to running on `worker`; skips any no longer queued."""
         self._begin()
         now = self._clock()
+        order = {tid: i for i, tid in reversed(list(enumerate(task_ids)))}  # a duplicate keeps its first place
+        # one statement for the batch: a dispatch claims up to dispatch_batch tasks at a time, and
+        # per-row statements were a third of the loop's time at full speed
+        rows = sorted(self._transition_many(
+            order, QUEUED, RUNNING, "attempts = attempts + 1, worker = ?, started = ?, error = NULL",
+            (worker, now), "attempts, name, input_digest"), key=lambda row: order[row[0]])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO attempts (task_id, attempt, worker, started) VALUES (?, ?, ?, ?)",
+            [(tid, attempt, worker, now) for tid, _, attempt, _, _ in rows])
         claimed: list[Claimed] = []
-        for tid in task_ids:
-            job_id = self._transition(
-                tid, QUEUED, RUNNING, "attempts = attempts + 1, worker = ?, started = ?, error = NULL",
-                (worker, now),
-            )
-            if job_id is None:
-                continue
-            attempt, name = self._db.execute("SELECT attempts, name FROM tasks WHERE id = ?", (tid,)).fetchone()
+        for tid, job_id, attempt, name, digest in rows:
             processor, options = self._job_spec(job_id)
-            digest = self._db.execute("SELECT input_digest FROM tasks WHERE id = ?", (tid,)).fetchone()[0]
-            self._db.execute(
-                "INSERT OR REPLACE INTO attempts (task_id, attempt, worker, started) VALUES (?, ?, ?, ?)",
-                (tid, attempt, worker, now),
-            )
             self._moved(job_id, QUEUED, RUNNING, Change(tid, job_id, RUNNING, worker, None, attempt))
             claimed.append(Claimed(tid, attempt, job_id, name, processor, options, digest))
         return claimed
@@ -186,6 +193,35 @@ class TaskWrites(StoreBase):
         ).fetchone()
         return row[0] if row else None
 
+    def _transition_many(self, task_ids: Collection[int], source: str, target: str, sets: str,
+                         params: tuple[Any, ...], returning: str) -> list[tuple[Any, ...]]:
+        """`_transition` for many rows at once; returns (id, job_id, *returning) of the rows moved."""
+        check_transition(source, target)
+        ids = list(task_ids)
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters is 32766
+            chunk = ids[start:start + 500]
+            rows += self._db.execute(
+                f"UPDATE tasks SET state = ?, {sets} WHERE id IN ({', '.join('?' * len(chunk))}) AND state = ? "
+                f"RETURNING id, job_id, {returning}", (target, *params, *chunk, source)).fetchall()
+        return rows
+
+    def _transition_each(self, rows: Sequence[tuple[Any, ...]], columns: str, source: str, target: str, sets: str,
+                         params: tuple[Any, ...], where: str, wparams: tuple[Any, ...]) -> dict[int, str]:
+        """`_transition` for rows that bring their own values: each row is (id, ...) named `columns`,
+        read as v.<name> in `sets` and `where`.  Returns {task id: job id} of the rows moved."""
+        check_transition(source, target)
+        moved: dict[int, str] = {}
+        width = len(rows[0]) if rows else 0
+        for start in range(0, len(rows), 400):
+            chunk = rows[start:start + 400]
+            values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
+            moved.update(self._db.execute(
+                f"WITH v({columns}) AS (VALUES {values}) UPDATE tasks SET state = ?, {sets} FROM v "
+                f"WHERE tasks.id = v.id AND tasks.state = ? {where} RETURNING tasks.id, tasks.job_id",
+                (*(x for row in chunk for x in row), target, *params, source, *wparams)).fetchall())
+        return moved
+
     _CURRENT = "AND attempts = ? AND worker = ?"  # only the attempt the broker last dispatched
 
     def complete(self, task_id: int, attempt: int, worker: str, result: BlobRef, ext: str,
@@ -193,26 +229,35 @@ class TaskWrites(StoreBase):
         """Record a result if this attempt is the current one on `worker`; else discard it.
 
         A rembg result also fills the result cache (input, options, model file -> result)."""
+        return bool(self.complete_many(worker, [Finished(task_id, attempt, result, ext, model_file)]))
+
+    def complete_many(self, worker: str, results: Sequence[Finished]) -> set[int]:
+        """`complete` for a worker's batch of results, in a few statements; returns the tasks recorded."""
         self._begin()
         now = self._clock()
-        job_id = self._transition(
-            task_id, RUNNING, DONE, "finished = ?, result_ext = ?, error = NULL, result_digest = ?, result_size = ?",
-            (now, ext, result.digest, result.size), self._CURRENT, (attempt, worker),
-        )
-        if job_id is None:
-            return False
-        self._ref(result, now)
-        processor, options = self._job_spec(job_id)
-        if processor in CACHED_PROCESSORS:
-            digest, tenant = self._db.execute(
-                "SELECT t.input_digest, j.tenant FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
-                (task_id,)).fetchone()
-            self._db.execute(
-                "INSERT OR REPLACE INTO cache (key, result_digest, ext, model_file, created) VALUES (?, ?, ?, ?, ?)",
-                (cache_key(tenant, digest, processor, options), result.digest, ext, model_file, now))
-        self._finish_attempt(task_id, attempt, "done", None)
-        self._moved(job_id, RUNNING, DONE, Change(task_id, job_id, DONE, worker, None, attempt))
-        return True
+        moved = self._transition_each(
+            [(f.task_id, f.attempt, f.ext, f.result.digest, f.result.size) for f in results],
+            "id, attempt, ext, digest, size", RUNNING, DONE,
+            "finished = ?, result_ext = v.ext, error = NULL, result_digest = v.digest, result_size = v.size", (now,),
+            "AND tasks.attempts = v.attempt AND tasks.worker = ?", (worker,))
+        done = [f for f in results if f.task_id in moved]
+        self._ref_many([f.result for f in done], now)
+        for f in done:
+            job_id = moved[f.task_id]
+            processor, options = self._job_spec(job_id)
+            if processor in CACHED_PROCESSORS:
+                digest, tenant = self._db.execute(
+                    "SELECT t.input_digest, j.tenant FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
+                    (f.task_id,)).fetchone()
+                self._db.execute(
+                    "INSERT OR REPLACE INTO cache (key, result_digest, ext, model_file, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (cache_key(tenant, digest, processor, options), f.result.digest, f.ext, f.model_file, now))
+            self._moved(job_id, RUNNING, DONE, Change(f.task_id, job_id, DONE, worker, None, f.attempt))
+        self._db.executemany(
+            "UPDATE attempts SET finished = ?, outcome = 'done', error = NULL WHERE task_id = ? AND attempt = ?",
+            [(now, f.task_id, f.attempt) for f in done])
+        return set(moved)
 
     def fail(self, task_id: int, attempt: int, worker: str, error: str, *, retry_at: float | None) -> str | None:
         """Record a failed attempt: re-queue it at `retry_at`, or fail the task (retry_at None).
