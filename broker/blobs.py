@@ -9,9 +9,12 @@ read-only memory map, which ZeroMQ can send without the loop copying a byte.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import mmap
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,15 +118,60 @@ def _is_digest(name: str) -> bool:
 
 
 def write_new(path: Path, data: bytes | memoryview) -> None:
-    """A new file (never an existing one) holding `data`, 0600, fsynced."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """A new file (never an existing one) holding `data`, 0600, fsynced.
+
+    A big one is written with O_DIRECT: copying megabytes into the page cache cost the broker
+    a third of its CPU on the bytes path (perf: copy_folio_from_iter_atomic), more than
+    hashing; a blob is written once and read back rarely soon, so the cache gains little."""
+    view = memoryview(data).cast("B")
+    direct = len(view) >= DIRECT_MIN_BYTES and hasattr(os, "O_DIRECT")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    fd = os.open(path, flags | (os.O_DIRECT if direct else 0), 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        if not direct or not _write_direct(fd, view):
+            while view:
+                view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+DIRECT_MIN_BYTES = 256 * 1024
+_DIRECT_ALIGN = 4096  # O_DIRECT wants buffer, offset and length on the device's block size
+_DIRECT_CHUNK = 4 << 20
+_buffers = threading.local()  # one aligned buffer per writer thread, reused
+
+
+def _write_direct(fd: int, view: memoryview) -> bool:
+    """Write `view` through an aligned buffer, the last block padded and cut back by ftruncate.
+    False (file still empty, O_DIRECT cleared) where the file system refuses O_DIRECT writes."""
+    buf = getattr(_buffers, "buf", None)
+    if buf is None:
+        buf = _buffers.buf = mmap.mmap(-1, _DIRECT_CHUNK)  # anonymous maps are page aligned
+    size = len(view)
+    try:
+        for start in range(0, size, _DIRECT_CHUNK):
+            n = min(_DIRECT_CHUNK, size - start)
+            buf[:n] = view[start:start + n]
+            padded = -(-n // _DIRECT_ALIGN) * _DIRECT_ALIGN
+            if padded > n:
+                buf[n:padded] = bytes(padded - n)
+            chunk = memoryview(buf)[:padded]
+            try:
+                written = os.write(fd, chunk)
+            finally:
+                chunk.release()
+            if written != padded:  # a short direct write: let the buffered path redo the whole file
+                raise OSError(errno.EINVAL, "short O_DIRECT write")
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        return False
+    os.ftruncate(fd, size)
+    return True
 
 
 def fsync_dir(path: Path) -> None:

@@ -232,7 +232,7 @@ class Broker:
         deadline = self.clock() + TURN_BUDGET_S
         for _ in range(MAX_MESSAGES_PER_TURN):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=not self.secure)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 self.core.drained_at = self.clock()
                 return
