@@ -90,6 +90,7 @@ def _inputs() -> dict[str, tuple[bytes, object]]:
 def test_every_bad_input_fails_alone_or_is_cut_out(cluster: Cluster, needs_model):
     cluster.start_broker()
     cluster.start_worker(2, "--max-pixels", "4000000", "--max-bytes", "1000000")
+    cluster.wait_workers(1)
     client = cluster.client()
     inputs = _inputs()
     references = _references()

@@ -153,3 +153,5 @@ def test_cut_link_worker_declared_dead_task_reruns_worker_rejoins(hosts, tmp_pat
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+            if p.stdout is not None:  # the watcher's pipe (its reader thread has hit EOF)
+                p.stdout.close()

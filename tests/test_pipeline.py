@@ -27,6 +27,7 @@ def test_rembg_result_is_pixel_identical_to_rembg_remove(cluster: Cluster, needs
 
     cluster.start_broker()
     cluster.start_worker(1, "--threads", "1")
+    cluster.wait_workers(1)  # announced, so the submit is not told that no worker serves u2netp
     client = cluster.client()
     options = {"model": "u2netp"}
     job = client.submit([("astronaut.png", photos["astronaut.png"]), ("rocket.jpg", photos["rocket.jpg"])],
@@ -122,6 +123,7 @@ def test_retry_requeues_failed_and_cancelled(cluster: Cluster):
 def test_retry_of_failed_rembg_task_runs_it_again(cluster: Cluster, needs_model):
     cluster.start_broker()
     cluster.start_worker(1)
+    cluster.wait_workers(1)
     client = cluster.client()
     job = client.submit([("bad.png", b"\x89PNG\r\n\x1a\n garbage")])
     status = client.wait(job, timeout=60)
