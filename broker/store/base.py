@@ -293,6 +293,9 @@ class StoreBase:
     def _ref_many(self, refs: Sequence[BlobRef], now: float) -> None:
         """One more row refers to each of `refs` (a digest may repeat); in three statements whatever
         their number, as a job's inputs or a worker's batch of results come."""
+        if len(refs) == 1:  # a one-photo job, a lone result: one statement, two for a new small blob
+            self._ref_one(refs[0], now)
+            return
         count: Counter[str] = Counter()
         first: dict[str, BlobRef] = {}
         for ref in refs:
@@ -315,6 +318,19 @@ class StoreBase:
             self._db.executemany("INSERT OR REPLACE INTO blob_data (digest, data) VALUES (?, ?)", inline)
         self._blob_delta[0] += len(new)
         self._blob_delta[1] += sum(ref.size for ref in new)
+
+    def _ref_one(self, ref: BlobRef, now: float) -> None:
+        refs = self._db.execute(
+            "INSERT INTO blobs (digest, size, refs, created) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT (digest) DO UPDATE SET refs = refs + 1 RETURNING refs",
+            (ref.digest, ref.size, now)).fetchone()[0]
+        self._blob_delta[2] += ref.size
+        if refs == 1:
+            if ref.data is not None:
+                self._db.execute("INSERT OR REPLACE INTO blob_data (digest, data) VALUES (?, ?)",
+                                 (ref.digest, ref.data))
+            self._blob_delta[0] += 1
+            self._blob_delta[1] += ref.size
 
     def _unref(self, digest: str | None) -> None:
         """One row fewer refers to `digest`; at zero its row goes and the bytes are to be deleted."""
