@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from dataclasses import asdict
 from typing import Any
 
 from broker import access, views
 from broker.blobio import describe
-from broker.core import Core, Upload, needed_model, serves
+from broker.core import Core, needed_model, serves
 from broker.intake import Handler
 from broker.keys import Principal
 from broker.rates import eta
 from broker.registry import Subscription
 from broker.scheduler import TenantPolicy
 from broker.store import SORT_KEYS, BlobRef, StoreError
+from broker.upload_handlers import UploadHandlers
 from broker.webhooks import Webhooks, url_problem
 from shared import protocol as p
 from shared.names import validate_input_name
@@ -39,14 +39,15 @@ class ClientHandlers:
         self.core = core
         self.secure = secure
         self.webhooks = webhooks
+        self.uploads = UploadHandlers(core)
 
     def table(self) -> dict[type, Handler]:
         return {
             p.Submit: self.submit, p.Status: self.status, p.ListJobs: self.list_jobs, p.Stats: self.stats,
             p.Workers: self.workers, p.Cancel: self.cancel, p.Retry: self.retry, p.Fetch: self.fetch,
             p.Subscribe: self.subscribe, p.Unsubscribe: self.unsubscribe, p.Pause: self.pause,
-            p.Tenants: self.tenants, p.TenantSet: self.tenant_set, p.UploadStart: self.upload_start,
-            p.UploadPart: self.upload_part, p.Delete: self.delete, p.Purge: self.purge,
+            p.Tenants: self.tenants, p.TenantSet: self.tenant_set, p.UploadStart: self.uploads.start,
+            p.UploadPart: self.uploads.part, p.Delete: self.delete, p.Purge: self.purge,
             p.DrainWorker: self.drain_worker,
         }
 
@@ -97,7 +98,7 @@ class ClientHandlers:
         core = self.core
         tenant = access.submit_tenant(who, msg.tenant, self.secure)
         if msg.upload_id is not None:
-            upload = self._upload_or_error(ident, msg, msg.upload_id, who)
+            upload = self.uploads.find(ident, msg, msg.upload_id, who)
             if upload is None:
                 return
             names, refs = upload.joined()
@@ -195,61 +196,6 @@ class ClientHandlers:
         """Weights digests live workers announce for `model` (None: no worker says, accept any)."""
         found = {w.model_files[model] for w in self.core.registry.alive() if model in w.model_files}
         return found or None
-
-    # ------------------------------------------------------------------ streamed uploads
-
-    def upload_start(self, ident: bytes, msg: p.UploadStart, who: Principal) -> None:
-        upload_id = uuid.uuid4().hex
-        self.core.uploads[upload_id] = Upload(who.name, access.scope(who), self.core.clock())
-        self.core.out.reply(ident, msg, upload_id=upload_id, part_bytes=self.core.config.upload_part_bytes)
-
-    def _upload_or_error(self, ident: bytes, msg: p.Message, upload_id: str, who: Principal) -> Upload | None:
-        upload = self.core.uploads.get(upload_id)
-        if upload is None or upload.user != who.name:
-            self.core.out.error(ident, msg, f"upload {upload_id[:12]} not found (it expires after "
-                                f"{self.core.config.upload_idle_s:g}s without a part)", "not_found")
-            return None
-        upload.last_seen = self.core.clock()
-        return upload
-
-    def upload_part(self, ident: bytes, msg: p.UploadPart, who: Principal) -> None:
-        core = self.core
-        upload = self._upload_or_error(ident, msg, msg.upload_id, who)
-        if upload is None:
-            return
-        if len(msg.names) != len(msg.blobs):
-            return core.out.error(ident, msg, f"a part needs one image per name (got {len(msg.names)} names, "
-                                  f"{len(msg.blobs)} images)", "bad_request")
-        if upload.count + len(msg.names) > core.config.max_tasks_per_submit:
-            return core.out.error(ident, msg, f"too many images in one submission: more than "
-                                  f"{core.config.max_tasks_per_submit}", "bad_request")
-        for name in msg.names:
-            problem = validate_input_name(name)
-            if problem:
-                return core.out.error(ident, msg, problem, "bad_request")
-        sizes = [len(b) for b in msg.blobs]
-
-        def stored(result: list[str] | OSError) -> None:
-            if isinstance(result, OSError):
-                why = describe(result)
-                return core.out.error(ident, msg, f"storage error, this part was not saved: {why}", "storage")
-            if core.uploads.get(msg.upload_id) is not upload:
-                return core.out.error(ident, msg, f"upload {msg.upload_id[:12]} expired", "not_found")
-            upload.parts[msg.part] = (list(msg.names), [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])
-            core.blobio.pinned.update(result)
-            upload.last_seen = core.clock()
-            core.out.reply(ident, msg, received=upload.count)
-
-        core.blobio.write(msg.blobs, stored)
-
-    def expire_uploads(self) -> None:
-        """Drop uploads nobody finished; their images go unless a row refers to them."""
-        core = self.core
-        cutoff = core.clock() - core.config.upload_idle_s
-        for upload_id in [u for u, up in core.uploads.items() if up.last_seen < cutoff]:
-            _, refs = core.uploads.pop(upload_id).joined()
-            core.blobio.pinned.subtract(r.digest for r in refs)
-            core.blobio.delete([r.digest for r in refs if not core.store.is_referenced(r.digest)])
 
     # ------------------------------------------------------------------ reads
 

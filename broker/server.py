@@ -321,7 +321,7 @@ class Broker:
     def _maintenance(self, now: float) -> None:
         """Keep the files small: free pages back to the disk, the WAL truncated now and then,
         abandoned uploads dropped.  Outside any turn's transaction; a failure waits for next time."""
-        self.clients.expire_uploads()
+        self.clients.uploads.expire()
         try:
             if self.core.metrics is not None:
                 self.core.metrics.refresh(self.core)

@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import socket
-import threading
 import time
 import uuid
 from collections import deque
@@ -24,10 +23,10 @@ from dataclasses import replace
 import zmq
 
 from shared import protocol as p
-from shared.config import DEFAULT_MODEL, MODELS_ON_DISK_SUFFIX, WorkerConfig, model_dir
+from shared.config import DEFAULT_MODEL, WorkerConfig
 from shared.sdnotify import Notifier
 from shared.security import Credentials
-from worker.processors import model_file_digests
+from worker.model_files import ModelFiles
 from worker.slots import Slot, SlotSettings, cpu_count, rss_limit_mb
 
 log = logging.getLogger("cutq.worker")
@@ -84,10 +83,7 @@ class WorkerDaemon:
         self.models: list[str] = list(config.preload_models)
         # announced: the models it can serve, and the broker's result cache checks the digests;
         # looked at again each heartbeat, so weights copied in later are served without a restart
-        self._weights = _weights_on_disk()
-        self.model_files = model_file_digests()
-        self._hashing: threading.Thread | None = None
-        self._hashed: dict[str, str] | None = None
+        self.weights = ModelFiles()
         self.credentials = Credentials.from_env(os.environ, config.key or None, config.server_key or None)
 
     # ------------------------------------------------------------------ session
@@ -113,7 +109,7 @@ class WorkerDaemon:
             slots=0 if self.draining else len(self.slots) * self.config.batch_size,  # tasks it takes at once
             threads=self.settings.threads, models=self.models,
             providers=_providers(), processors=["rembg", "noop", "sleep"], running=held,
-            model_files=self.model_files,
+            model_files=self.weights.digests,
         ))
 
     def _held(self) -> list[dict]:
@@ -211,34 +207,10 @@ class WorkerDaemon:
         self.notifier.watchdog(now)  # every turn (it rate-limits itself), not only at heartbeats
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
-            self._rescan_models()
-            self._send(p.Heartbeat(draining=self.draining, models=self.models, model_files=self.model_files))
+            self.weights.rescan()
+            self._send(p.Heartbeat(draining=self.draining, models=self.models, model_files=self.weights.digests))
             if now - self._last_heard > self.config.heartbeat_interval * self.config.heartbeat_liveness:
                 self._reconnect()
-
-    def _rescan_models(self) -> None:
-        """Weights added to, changed in or removed from the model dir: hash them again on a thread
-        (a big model takes seconds; heartbeats go on) and announce them with the next heartbeat."""
-        if self._hashing is not None:
-            if self._hashing.is_alive():
-                return
-            self._hashing = None
-            if self._hashed is not None:
-                self.model_files, self._hashed = self._hashed, None
-        weights = _weights_on_disk()
-        if weights == self._weights:
-            return
-        self._weights = weights
-
-        def work() -> None:
-            try:
-                self._hashed = model_file_digests()
-            except OSError as e:  # removed while hashed: the next look sees it
-                log.warning("could not hash the model weights: %s", e)
-                self._weights = {}
-
-        self._hashing = threading.Thread(target=work, name="model-digests", daemon=True)
-        self._hashing.start()
 
     def _read_broker(self) -> None:
         assert self.sock is not None
@@ -370,7 +342,7 @@ class WorkerDaemon:
             if kind == "ok":
                 result: p.TaskResult = {"task_id": item[1], "attempt": item[2], "ok": True, "ext": item[4],
                                         "processor": task["processor"]}
-                made_by = self.model_files.get(str((task.get("options") or {}).get("model")))
+                made_by = self.weights.digests.get(str((task.get("options") or {}).get("model")))
                 if made_by:
                     result["model_file"] = made_by
                 self.outbox.append((result, item[3]))
@@ -392,20 +364,6 @@ class WorkerDaemon:
         self._flush_results()
         self._send(p.Goodbye(returned=returned))
         log.info("worker %s leaving; handed back %d tasks", self.name, len(returned))
-
-
-def _weights_on_disk() -> dict[str, tuple[int, int]]:
-    """(size, mtime) of each model's weights in the model dir (rembg's two layouts): what a look costs
-    is a few stat calls, so it runs every heartbeat."""
-    root = model_dir()
-    out = {}
-    for path in (*root.glob(f"*{MODELS_ON_DISK_SUFFIX}"), *root.glob(f"models/*/*{MODELS_ON_DISK_SUFFIX}")):
-        try:
-            st = path.stat()
-        except OSError:
-            continue
-        out[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns)
-    return out
 
 
 def _providers() -> list[str]:
