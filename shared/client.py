@@ -169,7 +169,7 @@ class Client:
 
     # ------------------------------------------------------------------ requests
 
-    def submit(
+    def submit_reply(
         self,
         files: Iterable[tuple[str, bytes]],
         *,
@@ -182,8 +182,11 @@ class Client:
         progress: Progress | None = None,
         total_bytes: int | None = None,
         webhook: str | None = None,
-    ) -> str:
-        """Submit (name, bytes) pairs as one job; returns the job id once it is durable.
+    ) -> dict[str, Any]:
+        """Submit (name, bytes) pairs as one job; returns the broker's acknowledgement once the job
+        is durable: {"job_id", "tasks" (the queued tasks' ids), "cached" (how many were done at once from
+        an equal earlier result), and "warning" only when the broker gave one (e.g. no live worker serves the
+        job's model, so it waits)}.  Nothing is warned through `warnings`: safe from any thread.
 
         `files` is a sequence, or any iterable that yields the pairs lazily (memory then
         stays bounded by a few parts, whatever the job's size).  A job under PART_BYTES
@@ -197,23 +200,43 @@ class Client:
         timeout, but at least 60 s); each part waits up to the client's timeout.
         `progress(bytes_acknowledged, total_bytes or None)` is called as parts are
         acknowledged; `total_bytes` defaults to the sum of a sequence's sizes.  `webhook`: a URL
-        the broker POSTs a signed summary to when the job ends.  A warning in the broker's answer
-        (e.g. no live worker serves the job's model, so it waits) comes as a `CutqWarning`
-        through `warnings.warn`, after the job is stored."""
+        the broker POSTs a signed summary to when the job ends."""
         job = JobSpec(processor, dict(options or {}), priority, tenant, no_cache,
                       max(self.timeout, 60.0) if timeout is None else timeout, webhook)
         data = submit_job(self, files, job, progress, total_bytes)
-        warn_of(data)
-        return str(data["job_id"])
+        reply = {"job_id": str(data["job_id"]), "tasks": list(data.get("tasks") or []),
+                 "cached": int(data.get("cached") or 0)}
+        return {**reply, "warning": str(data["warning"])} if data.get("warning") else reply
+
+    def submit(self, files: Iterable[tuple[str, bytes]], *, processor: str = "rembg",
+               options: dict[str, Any] | None = None, priority: int = 0, tenant: str = "default",
+               timeout: float | None = None, no_cache: bool = False, progress: Progress | None = None,
+               total_bytes: int | None = None, webhook: str | None = None) -> str:
+        """Submit (name, bytes) pairs as one job; returns the job id once it is durable.
+
+        Everything as `submit_reply`, except that a warning in the broker's answer (e.g. no live
+        worker serves the job's model, so it waits) comes as a `CutqWarning` through
+        `warnings.warn`, after the job is stored."""
+        reply = self.submit_reply(files, processor=processor, options=options, priority=priority, tenant=tenant,
+                                  timeout=timeout, no_cache=no_cache, progress=progress, total_bytes=total_bytes,
+                                  webhook=webhook)
+        warn_of(reply)
+        return str(reply["job_id"])
 
     def submit_paths(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> str:
         """Submit image files and directories as one job (see `submit` for options).
 
         Every name and size is checked before anything is sent; each file is read only when
         its part is built, so a job of many GB needs a few parts' worth of memory."""
+        reply = self.submit_paths_reply(paths, **kwargs)
+        warn_of(reply)
+        return str(reply["job_id"])
+
+    def submit_paths_reply(self, paths: Iterable[str | os.PathLike[str]], **kwargs: Any) -> dict[str, Any]:
+        """`submit_paths`, returning the acknowledgement with its warning, as `submit_reply` does."""
         files = collect_images(paths)
         kwargs.setdefault("total_bytes", total_size(files, self.max_message_bytes))
-        return self.submit(read_lazily(files), **kwargs)
+        return self.submit_reply(read_lazily(files), **kwargs)
 
     def status(self, job_id: str, *, tasks: bool = True, task_state: str | None = None, task_limit: int = 0,
                task_offset: int = 0) -> dict[str, Any]:

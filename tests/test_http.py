@@ -245,6 +245,24 @@ def test_queue_full_is_429_with_retry_after_and_a_big_body_is_413(cluster: Clust
     assert samples[("cutq_http_request_seconds_count", (("method", "DELETE"), ("route", "/v1/jobs/{job_id}")))] == 1
 
 
+def test_a_job_no_live_worker_can_run_is_taken_with_a_warning_in_the_body(cluster: Cluster, gateways: list[Gateway]):
+    """No worker at all: a u2netp job is still taken (202) and its body says why it will wait, instead of the
+    library's CutqWarning going to the gateway's stderr; a noop job (no model: anyone runs it) has no `warning`."""
+    cluster.start_broker()
+    gw = start(gateways, cluster)
+    http = gw.http()
+    r = submit(http, [("a.png", TINY)], processor="rembg", model="u2netp")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["warning"].startswith("no live worker serves model u2netp") and body["tasks"] == 1, body
+    assert http.get(f"/v1/jobs/{body['job_id']}").json()["state"] == "queued"  # a warning, not a refusal
+    r = submit(http, [("b.png", TINY)], processor="noop")
+    assert r.status_code == 202 and "warning" not in r.json(), r.text
+    assert "CutqWarning" not in gw.log.read_text()
+    schema = http.get("/openapi.json").json()["components"]["schemas"]["JobAccepted"]
+    assert "warning" in schema["properties"] and "warning" not in schema.get("required", [])
+
+
 # ---------------------------------------------------------------- who sees what
 
 

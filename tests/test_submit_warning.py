@@ -71,6 +71,13 @@ def test_the_library_warns_with_a_cutq_warning(cluster: Cluster):
         warnings.simplefilter("error", CutqWarning)
         client.submit([("c.png", b"\x89PNG not an image")], processor="noop")  # no model, no warning
 
+    with warnings.catch_warnings():  # submit_reply (the gateway's and the dashboard's call) returns it, warns nothing
+        warnings.simplefilter("error", CutqWarning)
+        reply = client.submit_reply([("e.png", b"\x89PNG not an image")], options={"model": "u2netp"})
+        quiet = client.submit_reply([("f.png", b"\x89PNG not an image")], processor="noop")
+    assert UNSERVED in reply["warning"] and len(reply["tasks"]) == 1 and reply["cached"] == 0, reply
+    assert set(quiet) == {"job_id", "tasks", "cached"}, quiet
+
 
 @pytest.mark.timeout(90)
 def test_submit_with_a_live_worker_serving_the_model_says_nothing(cluster: Cluster, tmp_path: Path, needs_model):

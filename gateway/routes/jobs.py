@@ -8,7 +8,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gateway.auth import State, Who
 from gateway.errors import ApiError
@@ -29,6 +29,8 @@ class JobAccepted(BaseModel):
     events_url: str
     results_url: str
     tasks: int
+    warning: str | None = Field(None, description="present only when the broker took the job with a warning, e.g. "
+                                                  "no live worker serves its model yet, so it waits in the queue")
 
 
 class ErrorBody(BaseModel):
@@ -131,7 +133,8 @@ def submit_job(
     tenant: Annotated[str | None, Form(description="admin tokens only: the tenant to submit for")] = None,
 ) -> JSONResponse:
     """Upload images (multipart field `files`, repeated) with the job's options as form fields named like
-    `cutq submit`'s flags. 202 once the job is durable in the broker's queue."""
+    `cutq submit`'s flags. 202 once the job is durable in the broker's queue; the body has a `warning` when the
+    broker took the job with one (e.g. no live worker serves its model yet: the job waits until one joins)."""
     options = job_options(processor, model=model, format=format, bgcolor=bgcolor, alpha_matting=alpha_matting,
                           fg_threshold=fg_threshold, bg_threshold=bg_threshold, erode_size=erode_size,
                           only_mask=only_mask, post_process_mask=post_process_mask, seconds=seconds)
@@ -140,12 +143,16 @@ def submit_job(
     with state.pool.borrow(who.as_tenant) as client:
         # the acknowledgement waits the gateway's --timeout, not the library's 60 s floor for big jobs: a
         # streamed job's parts each wait that long already, and its final Submit only names the upload
-        job_id = client.submit(_read(files), processor=processor, options=options, priority=priority,
-                               tenant=_tenant_for(who, tenant), no_cache=no_cache, timeout=state.settings.timeout,
-                               webhook=webhook or None)
+        # the reply, not `submit`: its CutqWarning would go to this process's stderr, not to the caller
+        ack = client.submit_reply(_read(files), processor=processor, options=options, priority=priority,
+                                  tenant=_tenant_for(who, tenant), no_cache=no_cache, timeout=state.settings.timeout,
+                                  webhook=webhook or None)
+    job_id = str(ack["job_id"])
     links = job_links(request, job_id)
-    return JSONResponse({"job_id": job_id, **links, "tasks": len(files)}, status_code=202,
-                        headers={"Location": links["status_url"]})
+    body: dict[str, Any] = {"job_id": job_id, **links, "tasks": len(files)}
+    if ack.get("warning"):
+        body["warning"] = str(ack["warning"])
+    return JSONResponse(body, status_code=202, headers={"Location": links["status_url"]})
 
 
 @router.get("/jobs/{job_id}", name="job_status", responses=ERRORS, summary="A job's state and tasks")
