@@ -61,13 +61,17 @@ class Actions:
     @work(thread=True, group="actions")
     def _submit(self: CutqApp, req: SubmitRequest) -> None:
         self._notify_from_thread(f"Uploading {', '.join(req.paths)[:60]}…", timeout=2)
-        try:
-            job_id = self.feed.call("submit_paths", req.paths, processor=req.processor, options=req.options,
-                                    priority=req.priority)
+        try:  # the reply, not submit_paths: its CutqWarning would vanish into this thread's captured stderr
+            reply = self.feed.call("submit_paths_reply", req.paths, processor=req.processor, options=req.options,
+                                   priority=req.priority)
         except CutqError as e:
             self._notify_from_thread(f"Submit failed: {e}", severity="error")
             return
-        self._notify_from_thread(f"Submitted job {job_id}")
+        if reply.get("warning"):  # taken all the same, e.g. no live worker serves its model: it waits
+            self._notify_from_thread(f"Submitted job {reply['job_id']}, with a warning: {reply['warning']}",
+                                     severity="warning", timeout=10)
+        else:
+            self._notify_from_thread(f"Submitted job {reply['job_id']}")
 
     # ------------------------------------------------------------------ jobs
 

@@ -159,16 +159,29 @@ class MemorySource:
 
     def submit_paths(self, paths: list[str], processor: str = "rembg", options: dict | None = None,
                      priority: int = 0, tenant: str = "default") -> str:
+        """The new job's id (a warning in the reply is dropped here, not warned)."""
+        return str(self.submit_paths_reply(paths, processor, options, priority, tenant)["job_id"])
+
+    def submit_paths_reply(self, paths: list[str], processor: str = "rembg", options: dict | None = None,
+                           priority: int = 0, tenant: str = "default") -> dict[str, Any]:
+        """As the broker acknowledges: {"job_id", "tasks", "cached"}, with a `warning` when the job's
+        model (a rembg job's) is not among the models of the workers that are alive (the job waits)."""
         self._check()
         files = collect_images(paths)
         rng = random.Random(len(self.data.jobs))
         job = make_job(rng, self.clock(), TaskState.QUEUED, len(files))
+        model = (options or {}).get("model") if processor == "rembg" else None
         job.update(processor=processor, model=(options or {}).get("model"), priority=priority, tenant=tenant)
         with self._lock:
             self.data.jobs.insert(0, job)
             self._by_id[job["job_id"]] = job
+            served = {m for w in self.data.workers if w.get("state") == "alive" for m in w.get("models") or []}
         self.push([{"kind": "job", "t": self.clock(), **job}])
-        return job["job_id"]
+        reply: dict[str, Any] = {"job_id": job["job_id"], "tasks": [], "cached": 0}
+        if model is not None and model not in served:  # the broker's words (broker/views.py unserved_warning)
+            reply["warning"] = (f"no live worker serves model {model}: the job waits in the queue until a worker "
+                                f"with its weights joins (waiting for a worker with model {model})")
+        return reply
 
     def _set_tasks(self, job_id: str, task_ids: list[int] | None, from_states: Collection[str], to: str) -> int:
         job = self.status(job_id)

@@ -348,3 +348,29 @@ async def test_submit_dialog_boxes_and_options_per_processor() -> None:
         dialog.query_one("#processor", Select).value = "sleep"
         await pilot.pause(0.1)
         assert "seconds" in extra.placeholder
+
+
+@run_async
+async def test_a_submit_no_live_worker_can_run_is_taken_with_a_warning_toast(tmp_path) -> None:
+    """The broker's warning (no live worker serves the model: the job waits) is shown as a warning
+    notification, not lost in the action thread's stderr; a model a live worker serves gets the usual one."""
+    (tmp_path / "a.png").write_bytes(b"\x89PNG....")
+    app, source = make()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await loaded(pilot, app)
+        for model in ("u2net", "u2netp"):  # no sample worker has u2net; two alive ones have u2netp
+            before = len(source.data.jobs)
+            await pilot.press("s")
+            dialog = await wait_until(pilot, lambda: isinstance(app.screen, SubmitScreen) and app.screen, 5)
+            dialog.query_one("#path", Input).value = str(tmp_path / "a.png")
+            dialog.query_one("#model", Select).value = model
+            await pilot.press("ctrl+s")
+            await wait_until(pilot, lambda n=before: len(source.data.jobs) == n + 1, 5, "the job submitted")
+            said = f"Submitted job {source.data.jobs[0]['job_id']}"
+            note = await wait_until(pilot, lambda s=said: next((n for n in app._notifications
+                                                                 if n.message.startswith(s)), None),
+                                    5, "the submitted notification")
+            if model == "u2net":
+                assert note.severity == "warning" and "no live worker serves model u2net:" in note.message, note
+            else:
+                assert note.severity == "information" and note.message == said, note
