@@ -239,7 +239,9 @@ async def test_broker_outage_keeps_data_and_reconnects(tmp_path: Path, image_dir
             killed = time.monotonic()
             Cluster.kill9(c.broker)
             await wait_until(pilot, lambda: app.conn.state == "down", 10, "the outage to show")
-            assert time.monotonic() - killed < 2.5  # 2 s by design (1.25 s of silence, a 0.75 s probe)
+            # 2 s by design (1.25 s of silence, a 0.75 s probe); the slack is for a machine running the
+            # suite's processes side by side (2.6 s seen at -n 3), still far below a stuck 10 s
+            assert time.monotonic() - killed < 4.0
             assert app.overview.has_class("-stale") and app.overview.query_one(WorkersTable).unknown
             assert "broker unreachable" in app.overview.query_one(StatusBar).left_text().plain
             assert job_id in jobs_table(app).jobs  # the last data stays on screen
