@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from cli.parsing import (
     positive_float,
     positive_int,
 )
-from shared.client import JOB_SORTS, MAX_MESSAGE_BYTES, Client, CutqWarning
+from shared.client import JOB_SORTS, MAX_MESSAGE_BYTES, Client
 from shared.config import DEFAULT_MODEL
 from shared.options import KNOWN_MODELS, PROCESSORS
 from shared.results import make_folder
@@ -79,23 +78,17 @@ def _failure_records(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _submit(args: argparse.Namespace, client: Client, files: list[Path]) -> tuple[str, str | None]:
-    """The job id, and the broker's warning about the job if it gave one (the library's CutqWarning,
-    caught here to be said as one line, never as a Python warning with its source line)."""
+    """The job id, and the broker's warning about the job if it gave one (said as one line)."""
     line = UploadLine(sys.stderr) if sys.stderr.isatty() else None
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", CutqWarning)
-            job_id = client.submit_paths(files, processor=args.processor, options=_options(args),
-                                         priority=args.priority, tenant=args.tenant, no_cache=args.no_cache,
-                                         progress=line, webhook=args.webhook)
+        reply = client.submit_paths_reply(files, processor=args.processor, options=_options(args),
+                                          priority=args.priority, tenant=args.tenant, no_cache=args.no_cache,
+                                          progress=line, webhook=args.webhook)
     finally:
         if line is not None:
             line.end()
-    said = [" ".join(str(w.message).split()) for w in caught if issubclass(w.category, CutqWarning)]
-    for w in caught:  # any other warning goes on as it came
-        if not issubclass(w.category, CutqWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    return job_id, "; ".join(said) or None
+    warning = reply.get("warning")
+    return str(reply["job_id"]), " ".join(str(warning).split()) if warning else None
 
 
 def cmd_submit(args: argparse.Namespace, client: Client) -> int:
