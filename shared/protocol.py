@@ -414,5 +414,6 @@ def decode(frames: list[bytes]) -> Message:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ProtocolError(f"{cls.__name__}: missing field {f.name!r}")
     msg = cls(**kwargs)
-    msg.blobs = [bytes(b) for b in frames[3:]]
+    # a buffer the receiver kept uncopied (a big frame: an image) stays one; anything else becomes bytes
+    msg.blobs = [b if isinstance(b, (bytes, memoryview)) else bytes(b) for b in frames[3:]]
     return msg
