@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from shared.client import CutqError, collect_images, result_filename
+from shared.client import BrokerUnavailable, CutqError, collect_images, result_filename
 from shared.states import ACTIVE, TASK_STATES, TERMINAL, TaskState, job_state
 from tui.feed import Feed, FeedConfig
 from tui.sample_data import Dataset, make_job, make_tasks, sample_image
@@ -54,7 +54,6 @@ class MemorySource:
 
     def _check(self) -> None:
         if self.down or self.silent:
-            from shared.client import BrokerUnavailable
 
             raise BrokerUnavailable("no reply from broker at memory:// within 1s")
 
@@ -67,7 +66,6 @@ class MemorySource:
 
     def probe(self, timeout: float) -> None:
         if self.silent:
-            from shared.client import BrokerUnavailable
 
             time.sleep(timeout)
             raise BrokerUnavailable(f"no reply from broker at memory:// within {timeout:g}s")

@@ -16,7 +16,7 @@ from textual.worker import get_current_worker
 
 from shared.client import CutqError
 from shared.states import ACTIVE, TERMINAL, TaskState
-from tui.model import JOB_FILTERS, TaskBook, merge_job, page_range
+from tui.model import TaskBook, merge_job, page_range
 from tui.screens.overview import filter_bindings
 from tui.screens.preview import PreviewScreen
 from tui.widgets.job_summary import summary
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 PREVIEW_CACHE = 24
 TASK_PAGE = 500  # rows in the tasks table at once; a job may have 10,000 tasks
-TASK_FILTERS = JOB_FILTERS  # 1-6: all, queued, running, done, failed, cancelled
 
 
 class JobDetailScreen(Screen):
