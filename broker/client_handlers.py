@@ -102,28 +102,31 @@ class ClientHandlers:
             if upload is None:
                 return
             names, refs = upload.joined()
-            if self._refuse_submission(ident, msg, names, len(refs), tenant) is None:
+            options = self._refuse_submission(ident, msg, names, len(refs), tenant)
+            if options is None:
                 return
             del core.uploads[msg.upload_id]
-            self._insert_job(ident, msg, who, tenant, names, refs)
+            self._insert_job(ident, msg, tenant, options, names, refs)
             core.blobio.pinned.subtract(r.digest for r in refs)
             return
-        if self._refuse_submission(ident, msg, msg.names, len(msg.blobs), tenant) is None:
+        options = self._refuse_submission(ident, msg, msg.names, len(msg.blobs), tenant)
+        if options is None:
             return
         inline = core.inline_refs(msg.blobs)
         if inline is not None:  # small images: into this turn's transaction, no thread, no file
-            self._insert_job(ident, msg, who, tenant, msg.names, inline)
+            self._insert_job(ident, msg, tenant, options, msg.names, inline)
             return
         sizes = [len(b) for b in msg.blobs]
 
         def stored(result: list[str] | OSError) -> None:
             if isinstance(result, OSError):
                 return core.out.error(ident, msg, f"storage error, nothing was saved: {describe(result)}", "storage")
-            if self._refuse_submission(ident, msg, msg.names, len(result), tenant) is None:
+            checked = self._refuse_submission(ident, msg, msg.names, len(result), tenant)  # again: time passed
+            if checked is None:
                 core.blobio.delete([d for d in result if not core.store.is_referenced(d)])
                 return
             try:
-                self._insert_job(ident, msg, who, tenant, msg.names,
+                self._insert_job(ident, msg, tenant, checked, msg.names,
                                  [BlobRef(d, n) for d, n in zip(result, sizes, strict=True)])
             except StoreError as e:  # the turn is rolled back: say so, the client may try again
                 core.out.error(ident, msg, f"storage error, nothing was saved: {e}", "storage")
@@ -174,10 +177,10 @@ class ClientHandlers:
                         f"this submission of {n} would exceed it", "quota")
         return options
 
-    def _insert_job(self, ident: bytes, msg: p.Submit, who: Principal, tenant: str, names: list[str],
+    def _insert_job(self, ident: bytes, msg: p.Submit, tenant: str, options: dict[str, Any], names: list[str],
                     refs: list[BlobRef]) -> None:
+        """Insert the job `_refuse_submission` accepted (with the options it validated) and acknowledge."""
         core = self.core
-        options = validate_options(msg.processor, msg.options, self._announced_models())
         model_files = self._model_files(options.get("model"))
         job_id, tasks, cached = core.store.add_job(
             names=names, inputs=refs, processor=msg.processor, options=options, tenant=tenant,
