@@ -112,7 +112,11 @@ class CutqApp(Actions, App):
 
     @property
     def overview(self) -> OverviewScreen:
-        return next(s for s in self.screen_stack if isinstance(s, OverviewScreen))
+        """The overview screen; NoMatches once shutdown has popped it (feed updates then drop)."""
+        for screen in self.screen_stack:
+            if isinstance(screen, OverviewScreen):
+                return screen
+        raise NoMatches("the overview screen is gone (the app is shutting down)")
 
     def detail_screens(self) -> list[JobDetailScreen]:
         return [s for s in self.screen_stack if isinstance(s, JobDetailScreen)]
