@@ -25,6 +25,7 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED = (TaskState.QUEUED, TaskState.RUNNING,
 
 
 _COUNT_COLUMNS = {s: f"n_{s}" for s in TASK_STATES}
+IN_CHUNK = 500  # keys bound per statement by _rows_in: far under SQLite's limit of 32,766 parameters
 
 
 class StoreError(Exception):
@@ -202,6 +203,17 @@ class StoreBase:
 
     # ------------------------------------------------------------------ transactions
 
+    def _rows_in(self, sql: str, keys: Sequence[Any], before: tuple[Any, ...] = (),
+                 after: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """The rows of `sql` run for each chunk of `keys`, `{keys}` in it standing for the chunk's
+        placeholders (`before`, `after`: the parameters bound ahead of and behind them)."""
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), IN_CHUNK):
+            chunk = keys[start:start + IN_CHUNK]
+            rows += self._db.execute(sql.replace("{keys}", ", ".join("?" * len(chunk))),
+                                     (*before, *chunk, *after)).fetchall()
+        return rows
+
     def _begin(self) -> None:
         if not self._in_tx:
             try:
@@ -286,15 +298,11 @@ class StoreBase:
 
     # ------------------------------------------------------------------ blob references
 
-    def _ref(self, ref: BlobRef, now: float) -> None:
-        """One more row refers to `ref` (created on first use)."""
-        self._ref_many([ref], now)
-
     def _ref_many(self, refs: Sequence[BlobRef], now: float) -> None:
         """One more row refers to each of `refs` (a digest may repeat); in three statements whatever
         their number, as a job's inputs or a worker's batch of results come."""
         if len(refs) == 1:  # a one-photo job, a lone result: one statement, two for a new small blob
-            self._ref_one(refs[0], now)
+            self._ref(refs[0], now)
             return
         count: Counter[str] = Counter()
         first: dict[str, BlobRef] = {}
@@ -302,12 +310,7 @@ class StoreBase:
             count[ref.digest] += 1
             first.setdefault(ref.digest, ref)
             self._blob_delta[2] += ref.size
-        names = list(first)
-        known: set[str] = set()
-        for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
-            known.update(d for (d,) in self._db.execute(
-                f"SELECT digest FROM blobs WHERE digest IN ({', '.join('?' * len(chunk))})", chunk))
+        known = {d for (d,) in self._rows_in("SELECT digest FROM blobs WHERE digest IN ({keys})", list(first))}
         self._db.executemany(
             "INSERT INTO blobs (digest, size, refs, created) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (digest) DO UPDATE SET refs = refs + excluded.refs",
@@ -319,7 +322,8 @@ class StoreBase:
         self._blob_delta[0] += len(new)
         self._blob_delta[1] += sum(ref.size for ref in new)
 
-    def _ref_one(self, ref: BlobRef, now: float) -> None:
+    def _ref(self, ref: BlobRef, now: float) -> None:
+        """One more row refers to `ref` (created on first use)."""
         refs = self._db.execute(
             "INSERT INTO blobs (digest, size, refs, created) VALUES (?, ?, 1, ?) "
             "ON CONFLICT (digest) DO UPDATE SET refs = refs + 1 RETURNING refs",
@@ -362,13 +366,8 @@ class StoreBase:
 
     def inline_blobs(self, digests: Collection[str]) -> dict[str, bytes]:
         """The bytes of those of `digests` kept in the database (the others are files)."""
-        found: dict[str, bytes] = {}
-        names = list(digests)
-        for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
-            found.update((d, bytes(data)) for d, data in self._db.execute(
-                f"SELECT digest, data FROM blob_data WHERE digest IN ({', '.join('?' * len(chunk))})", chunk))
-        return found
+        return {d: bytes(data) for d, data in
+                self._rows_in("SELECT digest, data FROM blob_data WHERE digest IN ({keys})", list(digests))}
 
     def is_referenced(self, digest: str) -> bool:
         """Whether a row refers to `digest` (the orphan sweep asks)."""

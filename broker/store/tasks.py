@@ -197,14 +197,8 @@ class TaskWrites(StoreBase):
                          params: tuple[Any, ...], returning: str) -> list[tuple[Any, ...]]:
         """`_transition` for many rows at once; returns (id, job_id, *returning) of the rows moved."""
         check_transition(source, target)
-        ids = list(task_ids)
-        rows: list[tuple[Any, ...]] = []
-        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters is 32766
-            chunk = ids[start:start + 500]
-            rows += self._db.execute(
-                f"UPDATE tasks SET state = ?, {sets} WHERE id IN ({', '.join('?' * len(chunk))}) AND state = ? "
-                f"RETURNING id, job_id, {returning}", (target, *params, *chunk, source)).fetchall()
-        return rows
+        return self._rows_in(f"UPDATE tasks SET state = ?, {sets} WHERE id IN ({{keys}}) AND state = ? "
+                             f"RETURNING id, job_id, {returning}", list(task_ids), (target, *params), (source,))
 
     def _transition_each(self, rows: Sequence[tuple[Any, ...]], columns: str, source: str, target: str, sets: str,
                          params: tuple[Any, ...], where: str, wparams: tuple[Any, ...]) -> dict[int, str]:
