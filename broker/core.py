@@ -167,9 +167,6 @@ class Core:
         """Refs that keep `blobs` in the database, when every one is small and all of them together
         are too (hashed here, on the loop); None: they go to files, written on threads."""
         limit = self.config.inline_blob_bytes
-        if len(blobs) == 1:  # a worker's result: the common case, kept cheap
-            size = len(blobs[0])
-            return [BlobRef(digest_of(blobs[0]), size, bytes(blobs[0]))] if 0 < limit and size <= limit else None
         if not limit or any(len(b) > limit for b in blobs) or sum(map(len, blobs)) > INLINE_TOTAL_BYTES:
             return None
         return [BlobRef(digest_of(b), len(b), bytes(b)) for b in blobs]
