@@ -265,18 +265,16 @@ class JobDetailScreen(Screen):
 
     def _preview_unavailable(self, task: dict) -> None:
         """Not cached: the images wait for the broker (shown, not cached, so they load once it is back)."""
-        result = (None, None, "broker unreachable: no image", "")
-        current = self.query_one(TasksTable).selected_task
-        if current is not None and current["task_id"] == task["task_id"]:
-            self.query_one(TaskPreview).show(current, *result)
-            for screen in self.app.screen_stack:
-                if isinstance(screen, PreviewScreen) and screen.detail is self:
-                    screen.show(current, result)
+        self._show_preview(task, (None, None, "broker unreachable: no image", ""))
 
     def _preview_ready(self, task: dict, result: tuple) -> None:
         self._cache[(task["task_id"], task.get("state"))] = result
         while len(self._cache) > PREVIEW_CACHE:
             self._cache.popitem(last=False)
+        self._show_preview(task, result)
+
+    def _show_preview(self, task: dict, result: tuple) -> None:
+        """Show `task`'s images here and on this job's full-screen previews, if it is still the selected one."""
         current = self.query_one(TasksTable).selected_task
         if current is not None and current["task_id"] == task["task_id"]:
             self.query_one(TaskPreview).show(current, *result)
