@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, Client, free_port, machine, median, percentile
+from harness import REPO, Client, free_port, machine, median, percentile, report
 
 from shared.client import BrokerUnavailable
 from shared.pipeline import PipelinedSubmitter
@@ -226,11 +225,7 @@ def main() -> int:
         finally:
             shallow.close()
     result["load_after"] = os.getloadavg()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    report(result, args.json)
     return 0
 
 

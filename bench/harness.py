@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -97,6 +98,15 @@ def started(workers: int, worker_args: list[str], broker_args: Sequence[str] = (
                     p.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+def report(result: dict, as_json: bool) -> None:
+    """A benchmark's result on stdout: one JSON line, or `key: value` lines."""
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k}: {v}")
 
 
 def median(xs: list[float]) -> float:

@@ -15,7 +15,6 @@ divided by the floor's.  Then the noop round trip: submit one image, wait for th
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sqlite3
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Client, cluster, free_port, machine, median, percentile
+from harness import Client, cluster, free_port, machine, median, percentile, report
 
 HERE = Path(__file__).resolve().parent
 
@@ -181,11 +180,7 @@ def main() -> int:
     with cluster(1, ["--concurrency", "1", "--preload", ""]) as endpoint:
         result["noop_round_trip"] = round_trip(endpoint, args.n)
     result["load_after"] = os.getloadavg()
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+    report(result, args.json)
     return 0
 
 
