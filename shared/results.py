@@ -4,6 +4,7 @@ made safe, and each file written inside the folder, never through a link out of 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,26 +27,17 @@ def fetch_job(source: ResultSource, job_id: str, out: Path, problems: list[str] 
     root = make_folder(out)
     written: list[Path] = []
     skipped: list[str] = []
-    taken: set[str] = set()
+    done = []
     for task in source.status(job_id)["tasks"]:
-        if task["state"] != TaskState.DONE:
-            if not_done is not None:
-                not_done.append(task)
-            continue
-        label = f"task {task['task_id']} ({quote_name(task['name'])})"
-        try:
-            meta, data = source.fetch_result(task["task_id"])
-        except BrokerUnavailable:
-            raise
-        except CutqError as e:
-            skipped.append(f"{label}: {e}")
-            continue
-        name = safe_result_name(task["name"], meta.get("ext"), task["task_id"], taken)
-        taken.add(name_key(name))
+        if task["state"] == TaskState.DONE:
+            done.append(task)
+        elif not_done is not None:
+            not_done.append(task)
+    for task, name, data in named_results(done, source.fetch_result, skipped, _label):
         try:
             _write_inside(root, name, data)
         except (OSError, CutqError) as e:
-            skipped.append(f"{label}: not written: {e}")
+            skipped.append(f"{_label(task)}: not written: {e}")
             continue
         written.append(out / name)
     if problems is not None:
@@ -54,6 +46,31 @@ def fetch_job(source: ResultSource, job_id: str, out: Path, problems: list[str] 
         raise CutqError(f"{len(skipped)} result(s) of job {job_id} not written "
                         f"({len(written)} written): {skipped[0]}", code="fetch_failed")
     return written
+
+
+def named_results(tasks: Iterable[dict[str, Any]], fetch: Callable[[int], tuple[dict[str, Any], bytes]],
+                  problems: list[str], label: Callable[[dict[str, Any]], str],
+                  ) -> Iterator[tuple[dict[str, Any], str, bytes]]:
+    """(task, file name, bytes) of each task's result, fetched one at a time, under safe names distinct
+    within the lot (`cutq fetch`'s folder, the gateway's zip); a result the broker cannot give goes into
+    `problems` as "<label>: <why>", and no broker at all is raised."""
+    taken: set[str] = set()
+    for task in tasks:
+        try:
+            meta, data = fetch(task["task_id"])
+        except BrokerUnavailable:
+            raise
+        except CutqError as e:
+            problems.append(f"{label(task)}: {e}")
+            continue
+        name = safe_result_name(task["name"], meta.get("ext"), task["task_id"], taken)
+        taken.add(name_key(name))
+        yield task, name, data
+        del data  # not held while the next one is fetched: one image in memory at a time
+
+
+def _label(task: dict[str, Any]) -> str:
+    return f"task {task['task_id']} ({quote_name(task['name'])})"
 
 
 def make_folder(path: Path) -> Path:

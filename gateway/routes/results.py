@@ -15,8 +15,8 @@ from gateway.auth import State, Who
 from gateway.broker import BrokerPool
 from gateway.errors import ApiError
 from gateway.routes.jobs import ERRORS
-from shared.client import BrokerUnavailable, CutqError
-from shared.names import name_key, safe_result_name
+from shared.names import safe_result_name
+from shared.results import named_results
 
 router = APIRouter(prefix="/v1", tags=["results"])
 
@@ -71,25 +71,19 @@ class _Sink:
 def zip_stream(pool: BrokerPool, as_tenant: str | None, tasks: list[dict[str, Any]]) -> Iterator[bytes]:
     """The zip's bytes, one result fetched and written at a time (memory: one image).
 
-    Names come from `safe_result_name`, distinct within the zip; a result that cannot be
-    fetched any more is listed in `errors.txt` at the end instead.  No broker mid-way ends
-    the stream early (the client sees a truncated zip, not a valid one that lacks files)."""
+    Names come from `named_results`, as `cutq fetch` names its files, distinct within the zip; a
+    result that cannot be fetched any more is listed in `errors.txt` at the end instead.  No broker
+    mid-way ends the stream early (the client sees a truncated zip, not a valid one that lacks files)."""
     sink = _Sink()
-    taken: set[str] = set()
     problems: list[str] = []
     stamp = time.localtime()[:6]
+
+    def fetch(task_id: int) -> tuple[dict[str, Any], bytes]:
+        with pool.borrow(as_tenant) as client:
+            return client.fetch_result(task_id)
+
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_STORED) as zf:  # type: ignore[call-overload]
-        for task in tasks:
-            try:
-                with pool.borrow(as_tenant) as client:
-                    meta, data = client.fetch_result(task["task_id"])
-            except BrokerUnavailable:
-                raise
-            except CutqError as e:
-                problems.append(f"task {task['task_id']}: {e}")
-                continue
-            name = safe_result_name(task["name"], meta.get("ext"), task["task_id"], taken)
-            taken.add(name_key(name))
+        for _, name, data in named_results(tasks, fetch, problems, lambda task: f"task {task['task_id']}"):
             zf.writestr(zipfile.ZipInfo(name, date_time=stamp), data)
             del data
             yield sink.take()
